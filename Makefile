@@ -1,0 +1,32 @@
+# Two commands a fresh machine needs (README): `make demo` and `make test`.
+# Each creates .venv if needed and installs, on a machine without an NVIDIA GPU, the pinned CPU wheel of
+# torch first (a bare torch requirement pulls a multi-GB CUDA build), then the project.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+RUNS ?= rnnsuite-runs
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: torch comes from the project's requirements (CUDA build)"; \
+	else \
+		$(PY) -m pip install --quiet "$(TORCH_CPU)"; \
+	fi
+	$(PY) -m pip install --quiet -e ".[dev,postgres]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/rnnsuite train --task adding-T100 --cell gru --steps 300
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(RUNS) reports/_scratch .pytest_cache
