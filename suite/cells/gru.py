@@ -1,0 +1,218 @@
+"""The GRU family: torch's fused (reset-after) GRU, Cho et al.'s reset-before GRU and Dey & Salem's GRU1-3.
+
+Gate blocks are stacked along dim 0 in nn.GRU's order r, z, n (n is the candidate h~). In every cell here z is
+the gate that KEEPS the state, h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h~ (nn.GRU's convention and the suite reference's),
+so chrono init and gate diagnostics mean the same thing for all of them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..registry import SuiteError
+from .base import RecurrentCell, gate_views
+from .lstm import FusedCell, record_gates
+from .registry import register
+
+GRU_GATES = ("r", "z", "n")
+
+
+@register("gru", "GRU as torch computes it (fused nn.GRU, cuDNN/oneDNN): reset gate applied after U_n h, two "
+          "biases per gate", "Cho et al. 2014, Learning Phrase Representations using RNN Encoder-Decoder for "
+          "Statistical Machine Translation")
+class GRU(FusedCell):
+    """GRU as torch computes it (nn.GRU, one layer, reset-after), with a reference time-step path for diagnostics.
+
+    Equations (nn.GRU, gate order r, z, n):
+      r = σ(W_r x_t + b_ir + U_r h_{t-1} + b_hr);  z = σ(W_z x_t + b_iz + U_z h_{t-1} + b_hz)
+      n = tanh(W_n x_t + b_in + r ⊙ (U_n h_{t-1} + b_hn));  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+    Parameters: 3n(m + n + 2): like nn.GRU it keeps TWO biases per gate (``rnn.bias_ih_l0``, ``rnn.bias_hh_l0``;
+    b_hn cannot fold into b_in because r multiplies it); 3n(m + n) with bias=False.
+    Chrono init: z keeps the state, so b_iz = log U[1, T_max - 1] (slice [n:2n] of bias_ih) and b_hz = 0.
+    Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+    """
+
+    gate_names = ("r", "z")
+    fused_gates = GRU_GATES
+    param_gates = {f"rnn.{p}_l0": GRU_GATES for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    keep_gate = ("z", 1)
+    chrono_gates = (("z", 1),)
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self.rnn = nn.GRU(input_size, hidden_size, batch_first=True, bias=bias)
+        self.reset_parameters()
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0 if self.bias else None)  # (B, T, 3n)
+
+    def step(self, xp: Tensor, state, trace=None):
+        (h,) = state
+        n2 = 2 * self.hidden_size
+        w = self.rnn.weight_hh_l0.t()
+        hp = torch.addmm(self.rnn.bias_hh_l0, h, w) if self.bias else h.mm(w)  # (B, 3n): U h + b_h, all gates
+        r, z = (xp[:, :n2] + hp[:, :n2]).sigmoid().chunk(2, 1)
+        cand = torch.addcmul(xp[:, n2:], r, hp[:, n2:]).tanh()  # reset after U_n h
+        record_gates(trace, self.gate_names, (r, z))
+        return (torch.lerp(cand, h, z),)  # z ⊙ h + (1 - z) ⊙ n
+
+
+class _ResetBeforeGRU(RecurrentCell):
+    """Shared maths of the reset-before GRUs; subclasses differ only in what their gates r, z see.
+
+    Layout: weight_hh stacks the recurrent blocks r, z, n that exist (the candidate's U_h always last);
+    ``project`` puts the candidate's W_h x + b_h last in its output, so ``step`` reads it as xp[:, -n:].
+    """
+
+    gate_names = ("r", "z")
+    keep_gate = ("z", 1)
+
+    def _make_parameters(self, ih_gates: tuple[str, ...], hh_gates: tuple[str, ...],
+                         bias_gates: tuple[str, ...]) -> None:
+        n = self.hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(len(ih_gates) * n, self.input_size))
+        self.weight_hh = nn.Parameter(torch.empty(len(hh_gates) * n, n))
+        self.bias_ih = nn.Parameter(torch.empty(len(bias_gates) * n)) if self.bias else None
+        self.reset_parameters()
+
+    def gates(self, xp: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """r, z: each (B, n), or (n,) where they do not depend on the step."""
+        raise NotImplementedError
+
+    def step(self, xp: Tensor, state, trace=None):
+        (h,) = state
+        n = self.hidden_size
+        r, z = self.gates(xp, h)
+        cand = torch.addmm(xp[:, -n:], r * h, self.weight_hh[-n:].t()).tanh()  # reset before U_h
+        if trace is not None:
+            record_gates(trace, self.gate_names, (r.expand_as(h), z.expand_as(h)))
+        return (torch.lerp(cand, h, z),)  # z ⊙ h + (1 - z) ⊙ h~
+
+    def chrono_targets(self):
+        return [(self.bias_ih[self.hidden_size:2 * self.hidden_size], 1)]  # z's slice of the r|z|n bias
+
+
+@register("gru_reset_before", "GRU of Cho et al.: reset gate applied to h before U_h (r ⊙ h); one bias per gate",
+          "Cho et al. 2014, Learning Phrase Representations using RNN Encoder-Decoder for Statistical Machine "
+          "Translation")
+class GRUResetBefore(_ResetBeforeGRU):
+    """GRU as in Cho et al. (2014, arXiv v3) and Chung et al. (2014): the reset gate acts before U_h.
+
+    Equations:
+      r = σ(W_r x_t + U_r h_{t-1} + b_r);  z = σ(W_z x_t + U_z h_{t-1} + b_z)
+      h~ = tanh(W_h x_t + U_h (r ⊙ h_{t-1}) + b_h);  h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h~
+    Cho's paper writes h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h~ (Chung et al. swap z and 1 - z); we keep Cho's, as
+    nn.GRU does, so z is the keep gate in every GRU of the suite.
+    Parameters: 3n(m + n + 1). Layout: weight_ih (3n, m), weight_hh (3n, n), bias_ih (3n), gate order r, z, n.
+    Chrono init: b_z = log U[1, T_max - 1]. Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+    """
+
+    param_gates = {"weight_ih": GRU_GATES, "weight_hh": GRU_GATES, "bias_ih": GRU_GATES}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self._make_parameters(GRU_GATES, GRU_GATES, GRU_GATES)
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, 3n): W x + b for r, z, h~
+
+    def gates(self, xp, h):
+        n2 = 2 * self.hidden_size
+        return torch.addmm(xp[:, :n2], h, self.weight_hh[:n2].t()).sigmoid().chunk(2, 1)
+
+
+_DEY_SALEM = "Dey & Salem 2017, Gate-Variants of Gated Recurrent Unit (GRU) Neural Networks"
+_DEY_SALEM_DOC = """
+    Dey & Salem reduce only the gates of the GRU they start from (Chung et al.'s, reset before U_h); the candidate
+    and the update are the suite's reset-before GRU, h~ = tanh(W_h x_t + U_h (r ⊙ h_{t-1}) + b_h) and
+    h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h~. The paper writes h_t = (1 - z) ⊙ h_{t-1} + z ⊙ h~ (Chung's convention);
+    we use the suite reference's form for gru_reset_before and GRU1-3 alike, so z is the keep gate everywhere and
+    chrono init puts +log U[1, T_max - 1] on b_z. The two forms are the same model with z renamed 1 - z.
+    Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+"""
+
+
+@register("gru1", "Dey & Salem GRU1: gates see only the state, r, z = σ(U h + b); candidate as reset-before GRU",
+          _DEY_SALEM)
+class GRU1(_ResetBeforeGRU):
+    __doc__ = """GRU1 of Dey & Salem (2017): the gates drop their input term.
+
+    Equations: r = σ(U_r h_{t-1} + b_r);  z = σ(U_z h_{t-1} + b_z).
+    Parameters: 3n(m + n + 1) - 2nm. Layout: weight_ih (n, m) for h~ only, weight_hh (3n, n) and bias_ih (3n)
+    in gate order r, z, n.""" + _DEY_SALEM_DOC
+
+    param_gates = {"weight_ih": ("n",), "weight_hh": GRU_GATES, "bias_ih": GRU_GATES}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self._make_parameters(("n",), GRU_GATES, GRU_GATES)
+
+    def project(self, x: Tensor) -> Tensor:
+        b = self.bias_ih[2 * self.hidden_size:] if self.bias else None
+        return F.linear(x, self.weight_ih, b)  # (B, T, n): W_h x + b_h
+
+    def gates(self, xp, h):
+        n2 = 2 * self.hidden_size
+        w = self.weight_hh[:n2].t()
+        pre = torch.addmm(self.bias_ih[:n2], h, w) if self.bias else h.mm(w)  # (B, 2n)
+        return pre.sigmoid().chunk(2, 1)
+
+
+@register("gru2", "Dey & Salem GRU2: gates see only the state, no bias, r, z = σ(U h); candidate as reset-before "
+          "GRU", _DEY_SALEM)
+class GRU2(_ResetBeforeGRU):
+    __doc__ = """GRU2 of Dey & Salem (2017): the gates drop their input term and their bias.
+
+    Equations: r = σ(U_r h_{t-1});  z = σ(U_z h_{t-1}).
+    Parameters: 3n(m + n + 1) - 2nm - 2n. Layout: weight_ih (n, m), weight_hh (3n, n) in gate order r, z, n,
+    bias_ih (n) for h~ only. With no gate bias there is nothing for chrono init to set: not an option here.""" \
+        + _DEY_SALEM_DOC
+
+    param_gates = {"weight_ih": ("n",), "weight_hh": GRU_GATES, "bias_ih": ("n",)}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range)
+        self._make_parameters(("n",), GRU_GATES, ("n",))
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, n): W_h x + b_h
+
+    def gates(self, xp, h):
+        return h.mm(self.weight_hh[:2 * self.hidden_size].t()).sigmoid().chunk(2, 1)
+
+    def chrono_targets(self):
+        raise SuiteError("gru2 has no gate bias, so chrono init does not apply")
+
+
+@register("gru3", "Dey & Salem GRU3: gates are biases only, r, z = σ(b), constant over time; candidate as "
+          "reset-before GRU", _DEY_SALEM)
+class GRU3(_ResetBeforeGRU):
+    __doc__ = """GRU3 of Dey & Salem (2017): the gates are learned constants.
+
+    Equations: r = σ(b_r);  z = σ(b_z)  (the same at every step; ``trace`` reports them broadcast to (B, T, n)).
+    Parameters: 3n(m + n + 1) - 2nm - 2n². Layout: weight_ih (n, m), weight_hh (n, n) for h~ only, bias_ih (3n)
+    in gate order r, z, n. bias=False is refused: the biases are the gates' only parameters.""" + _DEY_SALEM_DOC
+
+    param_gates = {"weight_ih": ("n",), "weight_hh": ("n",), "bias_ih": GRU_GATES}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        if not bias:
+            raise SuiteError("gru3 needs bias=True: its gates r, z = σ(b) have no other parameters")
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self._make_parameters(("n",), ("n",), GRU_GATES)
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias_ih[2 * self.hidden_size:])  # (B, T, n): W_h x + b_h
+
+    def gates(self, xp, h):
+        return self.bias_ih[:2 * self.hidden_size].sigmoid().chunk(2)  # each (n,), broadcast over the batch

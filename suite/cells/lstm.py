@@ -1,0 +1,249 @@
+"""The LSTM family: torch's fused LSTM, Greff et al.'s vanilla LSTM with peepholes, and CIFG.
+
+Gate blocks are stacked along dim 0 in nn.LSTM's order i, f, g, o (g is the candidate, Greff's z) in every
+cell here, so gradients and initialisation read the same way across the family.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .base import RecurrentCell, gate_views
+from .registry import register
+
+LSTM_GATES = ("i", "f", "g", "o")  # nn.LSTM's order of the gate blocks along dim 0
+
+
+class FusedCell(RecurrentCell):
+    """A cell whose ``forward`` is a one-layer torch module ``self.rnn`` (nn.LSTM / nn.GRU, batch first).
+
+    ``forward`` calls the fused kernel (cuDNN on GPU, oneDNN or torch's own on CPU); ``project``/``step`` restate
+    its maths on the same weights for :meth:`trace` and as the reference the fused path is tested against.
+    """
+
+    rnn: nn.RNNBase
+    fused_gates: tuple[str, ...] = ()  # the gate blocks of the fused module's weights, in its order
+    chrono_gates: tuple[tuple[str, int], ...] = ()  # (gate, sign): where chrono init writes, in bias_ih
+
+    def _forward(self, x: Tensor, state) -> tuple[Tensor, tuple[Tensor, ...]]:
+        hx = tuple(s.unsqueeze(0).contiguous() for s in state)  # nn wants (layers, B, H)
+        out, hn = self.rnn(x, hx if len(hx) > 1 else hx[0])
+        hn = hn if isinstance(hn, tuple) else (hn,)
+        return out, tuple(s.squeeze(0) for s in hn)
+
+    def reset_parameters(self) -> None:
+        """As :meth:`RecurrentCell.reset_parameters`, applied to the submodule's parameters.
+
+        The base only walks the cell's own parameters (``recurse=False``); here every weight lives in ``rnn``.
+        """
+        with torch.no_grad():
+            for name, p in self.rnn.named_parameters():
+                if self.init == "uniform":
+                    p.uniform_(-self.init_range, self.init_range)
+                elif name.startswith("weight_hh"):
+                    for block in p.split(self.hidden_size, 0):
+                        nn.init.orthogonal_(block)
+                elif name.startswith("weight_ih"):
+                    for block in p.split(self.hidden_size, 0):
+                        nn.init.xavier_uniform_(block)
+                else:
+                    p.zero_()
+            if self.init != "uniform":
+                self.init_gate_biases()
+            if self.chrono_init is not None:
+                self.apply_chrono(self.chrono_init)
+
+    def biases(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per-gate views of (bias_ih, bias_hh); writes reach the parameters."""
+        return (gate_views(self.rnn.bias_ih_l0, self.fused_gates), gate_views(self.rnn.bias_hh_l0, self.fused_gates))
+
+    def chrono_targets(self):
+        ih, _ = self.biases()
+        return [(ih[gate], sign) for gate, sign in self.chrono_gates]
+
+    def apply_chrono(self, t_max: int) -> None:
+        # torch adds both biases to every gate: chrono writes into bias_ih only, so the same gates' slices of
+        # bias_hh must be zero, or the effective bias would be doubled (or shifted by a uniform init).
+        _, hh = self.biases()
+        with torch.no_grad():
+            for gate, _ in self.chrono_gates:
+                hh[gate].zero_()
+        super().apply_chrono(t_max)
+
+
+def record_gates(trace: dict[str, list[Tensor]] | None, names: tuple[str, ...], values: tuple[Tensor, ...]):
+    """Append each gate activation to the diagnostics lists when ``step`` is asked to trace."""
+    if trace is not None:
+        for name, value in zip(names, values):
+            trace[name].append(value)
+
+
+@register("lstm", "LSTM with forget gate on torch's fused nn.LSTM (cuDNN/oneDNN); two biases per gate, "
+          "forget bias 1", "Hochreiter & Schmidhuber 1997, Long Short-Term Memory; Gers et al. 2000, Learning to "
+          "Forget")
+class LSTM(FusedCell):
+    """LSTM as torch computes it (nn.LSTM, one layer), with a reference time-step path for diagnostics.
+
+    Equations (nn.LSTM, gate order i, f, g, o):
+      i = σ(W_i x_t + b_ii + U_i h_{t-1} + b_hi)    f = σ(W_f x_t + b_if + U_f h_{t-1} + b_hf)
+      g = tanh(W_g x_t + b_ig + U_g h_{t-1} + b_hg)  o = σ(W_o x_t + b_io + U_o h_{t-1} + b_ho)
+      c_t = f ⊙ c_{t-1} + i ⊙ g;   h_t = o ⊙ tanh(c_t)
+    Parameters: 4n(m + n + 2): like nn.LSTM it keeps TWO biases per gate (``rnn.bias_ih_l0`` and
+    ``rnn.bias_hh_l0``), n per gate more than the one-bias count 4n(m + n + 1); 4n(m + n) with bias=False.
+    Init: forget bias 1 (Jozefowicz et al. 2015), written into bias_ih only, so b_ih + b_hh = 1 for f.
+    Chrono init (Tallec & Ollivier 2018): b_f = log U[1, T_max - 1], b_i = -b_f in bias_ih, bias_hh zero there.
+    Shapes: x (B, T, m) -> outputs (B, T, n); state (h, c), each (B, n).
+    """
+
+    gate_names = ("i", "f", "o")
+    state_names = ("h", "c")
+    fused_gates = LSTM_GATES
+    param_gates = {f"rnn.{p}_l0": LSTM_GATES for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    keep_gate = ("f", 1)
+    chrono_gates = (("f", 1), ("i", -1))  # Tallec & Ollivier: b_i = -b_f
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True, bias=bias)
+        self.reset_parameters()
+
+    def project(self, x: Tensor) -> Tensor:
+        # Both biases only ever appear summed, so they fold into the hoisted GEMM: step is one addmm.
+        b = self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0 if self.bias else None
+        return F.linear(x, self.rnn.weight_ih_l0, b)  # (B, T, 4n)
+
+    def step(self, xp: Tensor, state, trace=None):
+        h, c = state
+        i, f, g, o = torch.addmm(xp, h, self.rnn.weight_hh_l0.t()).chunk(4, 1)  # each (B, n)
+        i, f, o = i.sigmoid(), f.sigmoid(), o.sigmoid()
+        c = torch.addcmul(f * c, i, g.tanh())
+        record_gates(trace, self.gate_names, (i, f, o))
+        return o * c.tanh(), c
+
+    def init_gate_biases(self) -> None:
+        if self.bias:
+            self.biases()[0]["f"].fill_(1.0)
+
+
+
+class _OneBiasLSTM(RecurrentCell):
+    """Shared parameters of the hand-written LSTMs: stacked gate blocks, one bias per gate."""
+
+    state_names = ("h", "c")
+    gates: tuple[str, ...] = ()  # gate blocks of weight_ih / weight_hh / bias_ih, in order
+
+    def _make_parameters(self) -> None:
+        k, n = len(self.gates), self.hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(k * n, self.input_size))
+        self.weight_hh = nn.Parameter(torch.empty(k * n, n))
+        self.bias_ih = nn.Parameter(torch.empty(k * n)) if self.bias else None
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, kn)
+
+    def gate_bias(self, gate: str) -> Tensor:
+        return gate_views(self.bias_ih, self.gates)[gate]
+
+
+@register("lstm_peephole", "vanilla LSTM of Greff et al.: i and f peep at c_{t-1}, o at c_t; one bias per gate",
+          "Greff et al. 2017, LSTM: A Search Space Odyssey; Gers & Schmidhuber 2000, Recurrent Nets that Time "
+          "and Count")
+class PeepholeLSTM(_OneBiasLSTM):
+    """Greff et al. (2017) vanilla LSTM with peephole connections.
+
+    Equations (Greff's z is g here):
+      g = tanh(W_g x_t + R_g h_{t-1} + b_g)
+      i = σ(W_i x_t + R_i h_{t-1} + p_i ⊙ c_{t-1} + b_i);   f = σ(W_f x_t + R_f h_{t-1} + p_f ⊙ c_{t-1} + b_f)
+      c_t = g ⊙ i + f ⊙ c_{t-1}
+      o = σ(W_o x_t + R_o h_{t-1} + p_o ⊙ c_t + b_o);        h_t = o ⊙ tanh(c_t)
+    Parameters: 4n(m + n + 1) + 3n (one bias per gate; peepholes are diagonal, n each). Layout: weight_ih (4n, m),
+    weight_hh (4n, n), bias_ih (4n) in gate order i, f, g, o; peephole (3n) as p_i, p_f, p_o.
+    Init: peepholes start at zero (the cell starts as the no-peephole LSTM; their gradient c ⊙ dL/dgate is not
+    zero, so they still learn), forget bias 1; chrono init as LSTM (b_f = log U[1, T_max - 1], b_i = -b_f).
+    Shapes: x (B, T, m) -> outputs (B, T, n); state (h, c), each (B, n).
+    """
+
+    gate_names = ("i", "f", "o")
+    gates = LSTM_GATES
+    param_gates = {"weight_ih": gates, "weight_hh": gates, "bias_ih": gates, "peephole": ("i", "f", "o")}
+    keep_gate = ("f", 1)
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self._make_parameters()
+        self.peephole = nn.Parameter(torch.empty(3 * hidden_size))
+        self.reset_parameters()
+
+    def step(self, xp: Tensor, state, trace=None):
+        h, c = state
+        i, f, g, o = torch.addmm(xp, h, self.weight_hh.t()).chunk(4, 1)  # each (B, n)
+        p_i, p_f, p_o = self.peephole.chunk(3)  # each (n,)
+        i = torch.addcmul(i, p_i, c).sigmoid()
+        f = torch.addcmul(f, p_f, c).sigmoid()
+        c = torch.addcmul(f * c, i, g.tanh())
+        o = torch.addcmul(o, p_o, c).sigmoid()  # the output gate peeps at the new cell state
+        record_gates(trace, self.gate_names, (i, f, o))
+        return o * c.tanh(), c
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # the base leaves "peephole" alone unless init="uniform"
+        if self.init != "uniform":
+            with torch.no_grad():
+                self.peephole.zero_()
+
+    def init_gate_biases(self) -> None:
+        if self.bias:
+            self.gate_bias("f").fill_(1.0)
+
+    def chrono_targets(self):
+        return [(self.gate_bias("f"), 1), (self.gate_bias("i"), -1)]
+
+
+@register("cifg", "coupled input-forget gate LSTM, f = 1 - i (Greff's CIFG, here without peepholes); one bias "
+          "per gate", "Greff et al. 2017, LSTM: A Search Space Odyssey")
+class CIFG(_OneBiasLSTM):
+    """Coupled input and forget gate LSTM (Greff et al. 2017, variant CIFG), without peepholes.
+
+    Equations:
+      i = σ(W_i x_t + R_i h_{t-1} + b_i);  f = 1 - i
+      g = tanh(W_g x_t + R_g h_{t-1} + b_g);  o = σ(W_o x_t + R_o h_{t-1} + b_o)
+      c_t = f ⊙ c_{t-1} + i ⊙ g;  h_t = o ⊙ tanh(c_t)
+    Greff's CIFG changes one thing in the vanilla (peephole) LSTM; this one also drops the peepholes, the GRU-like
+    form whose count, 3n(m + n + 1), the suite's reference lists. Layout: weight_ih (3n, m), weight_hh (3n, n),
+    bias_ih (3n) in gate order i, g, o. ``trace`` reports i, f (= 1 - i) and o.
+    Init: b_i = -1, the coupled form of forget bias 1 (f = 1 - σ(-1) = σ(1)). Chrono init: f = 1 - i keeps the
+    state, so b_i = -log U[1, T_max - 1] (f starts near 1 - 1/T).
+    Shapes: x (B, T, m) -> outputs (B, T, n); state (h, c), each (B, n).
+    """
+
+    gate_names = ("i", "f", "o")
+    gates = ("i", "g", "o")
+    param_gates = {"weight_ih": gates, "weight_hh": gates, "bias_ih": gates}
+    keep_gate = ("i", -1)
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self._make_parameters()
+        self.reset_parameters()
+
+    def step(self, xp: Tensor, state, trace=None):
+        h, c = state
+        i, g, o = torch.addmm(xp, h, self.weight_hh.t()).chunk(3, 1)  # each (B, n)
+        i, o = i.sigmoid(), o.sigmoid()
+        c = torch.lerp(c, g.tanh(), i)  # (1 - i) ⊙ c + i ⊙ g
+        record_gates(trace, self.gate_names, (i, 1 - i, o))
+        return o * c.tanh(), c
+
+    def init_gate_biases(self) -> None:
+        if self.bias:
+            self.gate_bias("i").fill_(-1.0)
+
+    def chrono_targets(self):
+        return [(self.gate_bias("i"), -1)]

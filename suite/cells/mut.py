@@ -1,0 +1,198 @@
+"""MUT1, MUT2, MUT3: the three best architectures of Jozefowicz, Zaremba & Sutskever (2015).
+
+Found by an evolutionary search over about ten thousand GRU-like cells ("An Empirical Exploration of Recurrent
+Network Architectures", ICML 2015). All three are GRU-shaped: an update gate z, a reset gate r inside the
+candidate, h_t = z⊙h~ + (1 − z)⊙h_{t−1}; the keep gate is 1 − z (chrono sign −1 on b_z). Trace gates "z" and
+"r" (B, T, n); the candidate block is named "c" in ``param_gates``.
+
+MUT1 and MUT2 add x to an n-wide pre-activation without a weight, so they need m = n. Option ``project_input``
+(default False) first maps x to n with a learned n×m matrix ``weight_ih_proj`` (no bias, n·m parameters); "x" in
+the equations is then the projected input. The projection is folded into the input weights (W·P, a small n-sized
+product per call) so that ``project`` stays one GEMM over the sequence. MUT3 needs no projection but accepts the
+option too, so that one sweep can set it for all three.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import SuiteError
+from .base import RecurrentCell, gate_views
+from .registry import register
+
+SOURCE = "Jozefowicz, Zaremba & Sutskever 2015, An Empirical Exploration of Recurrent Network Architectures"
+
+
+class _MUT(RecurrentCell):
+    """Shared plumbing: optional input projection, fused input weights and biases in z|r|c order, chrono on b_z."""
+
+    gate_names = ("z", "r")
+    keep_gate = ("z", -1)
+    needs_square = True  # MUT1/MUT2 add x unweighted
+    input_blocks: tuple[str, ...] = ()  # blocks of weight_ih (the weighted input terms)
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool, init: str, init_range: float,
+                 chrono_init: int | None, project_input: bool):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        if not isinstance(project_input, bool):
+            raise SuiteError(f"option project_input={project_input!r} must be true or false")
+        if self.needs_square and input_size != hidden_size and not project_input:
+            raise SuiteError(
+                f"{self.name()} adds the input to the state without a weight, so it needs input_size == "
+                f"hidden_size (got input_size={input_size}, hidden_size={hidden_size}); set option "
+                f"project_input=True to learn a projection of the input to hidden_size")
+        self.project_input = project_input
+        n = hidden_size
+        width = n if project_input else input_size  # width of "x" in the equations
+        self.weight_ih_proj = nn.Parameter(torch.empty(n, input_size)) if project_input else None
+        self.weight_ih = nn.Parameter(torch.empty(len(self.input_blocks) * n, width))
+        self.bias_ih = nn.Parameter(torch.empty(3 * n)) if bias else None
+
+    def _input_weight(self) -> Tensor:
+        """Weight of the one projection GEMM: rows = weighted input terms, then x itself if the cell needs it."""
+        if self.weight_ih_proj is None:
+            return self.weight_ih
+        proj = self.weight_ih_proj  # (n, m)
+        rows = [self.weight_ih @ proj]  # W (P x) = (W P) x
+        if self.needs_square:
+            rows.append(proj)  # the projected x itself, for the unweighted term
+        return torch.cat(rows, 0)
+
+    def _projected(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(weighted input terms (B, T, G*n), the equations' x (B, T, n) or None if unused)."""
+        out = nn.functional.linear(x, self._input_weight())
+        if not self.needs_square:
+            return out, None
+        if self.weight_ih_proj is None:
+            return out, x
+        g = self.weight_ih.shape[0]
+        return out[..., :g], out[..., g:]
+
+    def _with_bias(self, xp: Tensor) -> Tensor:
+        return xp if self.bias_ih is None else xp + self.bias_ih
+
+    def chrono_targets(self) -> list[tuple[Tensor, int]]:
+        return [(gate_views(self.bias_ih, ("z", "r", "c"))["z"], -1)]
+
+
+@register("mut1", "evolved GRU-like cell: z sees x only, unweighted tanh(x) in the candidate (m = n or project_input)",
+          SOURCE + " (MUT1)")
+class MUT1(_MUT):
+    """MUT1 (Jozefowicz, Zaremba & Sutskever 2015).
+
+    Equations: z = σ(W_xz x + b_z); r = σ(W_xr x + W_hr h + b_r); h' = tanh(W_hh(r⊙h) + tanh(x) + b_h)⊙z + h⊙(1−z).
+    Parameters: W_xz, W_xr (n×n each, m = n), W_hr, W_hh (n×n), b_z, b_r, b_h: 4n² + 3n, plus n·m with
+    project_input (= 67,200 at n=128, m=10). Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+    """
+
+    input_blocks = ("z", "r")
+    param_gates = {"weight_ih": ("z", "r"), "bias_ih": ("z", "r", "c"), "weight_hh_r": ("r",),
+                   "weight_hh_c": ("c",)}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None, project_input: bool = False):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init, project_input=project_input)
+        self.weight_hh_r = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.weight_hh_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.reset_parameters()
+
+    def project(self, x: Tensor) -> Tensor:
+        zr, xx = self._projected(x)
+        return self._with_bias(torch.cat([zr, torch.tanh(xx)], -1))  # (B, T, 3n): z | r | c pre-activations
+
+    def step(self, xp: Tensor, state, trace=None):
+        (h,) = state
+        xz, xr, xc = xp.chunk(3, 1)
+        z = torch.sigmoid(xz)  # (B, n): no recurrent term
+        r = torch.sigmoid(torch.addmm(xr, h, self.weight_hh_r.t()))
+        cand = torch.tanh(torch.addmm(xc, r * h, self.weight_hh_c.t()))
+        if trace is not None:
+            trace["z"].append(z)
+            trace["r"].append(r)
+        return (torch.lerp(h, cand, z),)  # z*h~ + (1-z)*h
+
+
+@register("mut2", "evolved GRU-like cell: reset gate sees x unweighted, r = σ(x + W_hr h + b) (m = n or project_input)",
+          SOURCE + " (MUT2)")
+class MUT2(_MUT):
+    """MUT2 (Jozefowicz, Zaremba & Sutskever 2015).
+
+    Equations: z = σ(W_xz x + W_hz h + b_z); r = σ(x + W_hr h + b_r);
+    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z).
+    Parameters: W_xz, W_xh (n×n each, m = n), W_hz, W_hr, W_hh (n×n), three biases: 5n² + 3n, plus n·m with
+    project_input (= 83,584 at n=128, m=10). W_hz and W_hr share one GEMM (``weight_hh``, blocks z|r).
+    Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+    """
+
+    input_blocks = ("z", "c")
+    param_gates = {"weight_ih": ("z", "c"), "bias_ih": ("z", "r", "c"), "weight_hh": ("z", "r"),
+                   "weight_hh_c": ("c",)}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None, project_input: bool = False):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init, project_input=project_input)
+        self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
+        self.weight_hh_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.reset_parameters()
+
+    def project(self, x: Tensor) -> Tensor:
+        zc, xx = self._projected(x)
+        xz, xc = zc.chunk(2, -1)
+        return self._with_bias(torch.cat([xz, xx, xc], -1))  # (B, T, 3n): z | r | c pre-activations
+
+    def step(self, xp: Tensor, state, trace=None):
+        (h,) = state
+        n = self.hidden_size
+        zr = torch.addmm(xp[:, :2 * n], h, self.weight_hh.t())
+        z, r = torch.sigmoid(zr).chunk(2, 1)  # (B, n) each
+        cand = torch.tanh(torch.addmm(xp[:, 2 * n:], r * h, self.weight_hh_c.t()))
+        if trace is not None:
+            trace["z"].append(z)
+            trace["r"].append(r)
+        return (torch.lerp(h, cand, z),)
+
+
+@register("mut3", "evolved GRU-like cell, update gate reads tanh(h): z = σ(W x + U tanh(h) + b)",
+          SOURCE + " (MUT3)")
+class MUT3(_MUT):
+    """MUT3 (Jozefowicz, Zaremba & Sutskever 2015).
+
+    Equations: z = σ(W_xz x + W_hz tanh(h) + b_z); r = σ(W_xr x + W_hr h + b_r);
+    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z).
+    The tanh(h) in z follows the paper's listing as given in the suite's reference (cells.md), where it is marked
+    unchecked against the paper.
+    Parameters: 3n(m + n + 1) (53,376 at n=128, m=10); with project_input 3n(2n + 1) + n·m.
+    Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+    """
+
+    needs_square = False
+    input_blocks = ("z", "r", "c")
+    param_gates = {"weight_ih": ("z", "r", "c"), "bias_ih": ("z", "r", "c"), "weight_hh_z": ("z",),
+                   "weight_hh_r": ("r",), "weight_hh_c": ("c",)}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None, project_input: bool = False):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init, project_input=project_input)
+        # Three separate recurrent weights: z reads tanh(h), r reads h, the candidate reads r*h.
+        self.weight_hh_z = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.weight_hh_r = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.weight_hh_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.reset_parameters()
+
+    def project(self, x: Tensor) -> Tensor:
+        return self._with_bias(self._projected(x)[0])  # (B, T, 3n)
+
+    def step(self, xp: Tensor, state, trace=None):
+        (h,) = state
+        xz, xr, xc = xp.chunk(3, 1)
+        z = torch.sigmoid(torch.addmm(xz, torch.tanh(h), self.weight_hh_z.t()))  # (B, n)
+        r = torch.sigmoid(torch.addmm(xr, h, self.weight_hh_r.t()))
+        cand = torch.tanh(torch.addmm(xc, r * h, self.weight_hh_c.t()))
+        if trace is not None:
+            trace["z"].append(z)
+            trace["r"].append(r)
+        return (torch.lerp(h, cand, z),)
