@@ -1,0 +1,100 @@
+"""The tasks: data, loss, metrics, baseline and published numbers behind one contract (see :mod:`.base`).
+
+    >>> from suite import tasks
+    >>> task = tasks.build("copy", length=200)
+    >>> batch = next(task.train_batches(seed=0, device="cpu"))      # x (64, 220) long, y (64, 220)
+    >>> task.summarize(task.score(outputs, batch))                  # {"loss": ..., "acc": ...}
+
+Named settings (``copy-T100``, ``ptb-word``, ...) are YAML files shipped in ``suite/tasks/settings/`` (the
+repository's top-level ``tasks/`` links there): partial run configs with a ``description`` and a ``task``
+section, and sometimes suggestions for other sections (``model``, ``optim``, ``train``).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import yaml
+
+from ..registry import SuiteError
+from . import adding, copy, lm  # noqa: F401  (importing registers the tasks)
+from .base import TASKS, Baseline, Batch, Published, Task
+
+__all__ = ["build", "names", "options", "named_settings", "load_settings", "settings_dirs",
+           "Task", "Batch", "Baseline", "Published", "TASKS"]
+
+SETTINGS_DIR = Path(__file__).parent / "settings"  # package data: found by an installed package too
+
+
+def names() -> list[str]:
+    return TASKS.names()
+
+
+def options(name: str) -> dict[str, object]:
+    """The keyword options a task accepts, with their defaults."""
+    sig = inspect.signature(TASKS.get(name).builder.__init__)
+    return {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+def build(name: str, **opts) -> Task:
+    """Build the registered task ``name``; unknown names, unknown options and bad values raise a SuiteError."""
+    entry = TASKS.get(name)
+    accepted = options(name)
+    for key in opts:
+        if key not in accepted:
+            raise SuiteError(f"task {name!r} does not take option {key!r}; its options: {', '.join(accepted)}")
+    return entry.builder(**opts)
+
+
+def settings_dirs() -> list[Path]:
+    """Where named settings live: the package's folder, and a checkout's top-level tasks/ if it is another one."""
+    dirs = [SETTINGS_DIR]
+    root = Path(__file__).resolve().parents[2]
+    top = root / "tasks"
+    if (root / "pyproject.toml").is_file() and top.is_dir() and top.resolve() != SETTINGS_DIR.resolve():
+        dirs.append(top)
+    return dirs
+
+
+def named_settings() -> dict[str, tuple[Path, str]]:
+    """Setting name (file stem) -> (path, description), sorted by name; the package's files win a clash."""
+    found: dict[str, tuple[Path, str]] = {}
+    for folder in settings_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem not in found:
+                found[path.stem] = (path, str(_read(path).get("description", "")))
+    return dict(sorted(found.items()))
+
+
+def load_settings(name_or_path) -> dict:
+    """The content of a named setting (``copy-T100``) or of a YAML file; problems raise a one-line SuiteError."""
+    text = str(name_or_path)
+    known = named_settings()
+    if text in known:
+        path = known[text][0]
+    elif text.endswith((".yaml", ".yml")) or Path(text).exists():
+        path = Path(text)
+    else:
+        raise SuiteError(f"unknown task setting {text!r}; named settings: {', '.join(known)} (or a YAML path)")
+    content = _read(path)
+    task = content.get("task")
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str):
+        raise SuiteError(f"task settings {path}: needs a 'task:' mapping with a 'name:' (one of {', '.join(names())})")
+    return content
+
+
+def _read(path: Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise SuiteError(f"task settings {path}: cannot read it ({err.strerror or err})") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SuiteError(f"task settings {path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(content, dict):
+        raise SuiteError(f"task settings {path}: expected a mapping of sections, got {type(content).__name__}")
+    return content
