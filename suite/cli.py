@@ -1,0 +1,136 @@
+"""The ``rnnsuite`` command line (also ``python -m suite``).
+
+Every subcommand prints help; a user error (a SuiteError) is one line on stderr and exit code 2, never a
+traceback. Heavy libraries (lightning, mlflow, optuna) are imported inside the commands that need them so
+that ``rnnsuite list`` and ``--help`` answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .registry import SuiteError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line plus exit 2, like every other user error
+        raise SuiteError(f"{self.prog}: {message}")
+
+
+def _cmd_list(args) -> int:
+    from . import cells, tasks
+
+    what = args.what
+    if what in ("all", "cells"):
+        print("cells:")
+        for e in cells.CELLS.entries():
+            print(f"  {e.name:<17} {e.summary}  [{e.source}]")
+    if what in ("all", "tasks"):
+        print("tasks:")
+        for e in tasks.TASKS.entries():
+            print(f"  {e.name:<17} {e.summary}  [{e.source}]")
+        print("task settings (--task NAME):")
+        for name, (_, description) in tasks.named_settings().items():
+            print(f"  {name:<17} {description}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    import json
+
+    from .config import build_config, load_yaml, parse_override
+
+    if args.resume:
+        from .train import load_run_config
+
+        cfg = load_run_config(args.tracking_uri, args.resume)
+    else:
+        layers = []
+        if args.config:
+            layers.append(load_yaml(args.config))
+        if args.task:
+            layers.append(_task_layer(args.task))
+        overrides = dict(parse_override(s) for s in args.set)
+        shorthands = {"model.cell": args.cell, "train.steps": args.steps, "train.epochs": args.epochs,
+                      "train.seed": args.seed, "tracking.uri": args.tracking_uri,
+                      "tracking.experiment": args.experiment, "train.device": args.device}
+        overrides.update({k: v for k, v in shorthands.items() if v is not None})
+        cfg = build_config(*layers, overrides=overrides)
+    from .train import run
+
+    result = run(cfg, resume_run_id=args.resume)
+    if result.status != "FINISHED":
+        print(f"rnnsuite: run {result.run_id} {result.status}: {result.reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "status": result.status, **result.metrics}))
+    else:
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
+        print(f"run {result.run_id} {result.status}  {shown}")
+    return result.exit_code
+
+
+def _task_layer(task: str) -> dict:
+    """--task NAME (a registered task or a named setting) or --task path/to/file.yaml."""
+    from . import tasks
+    from .config import load_yaml
+
+    if task.endswith((".yaml", ".yml")) or "/" in task:
+        return load_yaml(task)
+    if task in tasks.named_settings():
+        return tasks.load_settings(task)
+    tasks.TASKS.get(task)  # raises the unknown-task error listing the valid names
+    return {"task": {"name": task}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rnnsuite", description="Benchmark suite for gated recurrent networks: train, tune "
+                     "with equal budgets, and compare LSTM, GRU and GRU variants.")
+    parser.add_argument("--version", action="version", version=f"rnnsuite {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("list", help="cells, tasks and named settings with one-line descriptions")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "cells", "tasks"])
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("train", help="train one cell on one task, tracked in MLflow",
+                       description="Train one model. Config keys: task.*, model.*, optim.*, train.*, tracking.* "
+                       "(see README); --task/--cell/--steps/... are shorthands for them.")
+    p.add_argument("--task", help="a task or named setting (rnnsuite list tasks), or a tasks/FILE.yaml")
+    p.add_argument("--cell", help="a cell name (rnnsuite list cells)")
+    p.add_argument("--config", help="a YAML run config (sections task/model/optim/train/tracking)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
+    g.add_argument("--epochs", type=int, help="epochs over an LM corpus (train.epochs)")
+    p.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="train.device")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of final metrics")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return args.func(args)
+    except SuiteError as exc:
+        print(f"rnnsuite: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("rnnsuite: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

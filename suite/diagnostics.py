@@ -1,0 +1,201 @@
+"""Gradient-flow and gate diagnostics: what the seed article claims, made measurable.
+
+* per-gate gradient norms of the recurrent weights (the fused matrices split by gate), one fused
+  ``torch._foreach_norm`` call for all blocks of the model;
+* gate use on a fixed diagnostic batch: mean activation and saturation (fraction < 0.1 or > 0.9) per gate;
+* the vanishing-gradient profile G_t = ||dL/dh_t|| (batch mean of per-sequence L2 norms) for every time step
+  of the first recurrent layer (and c_t for LSTMs), with the summary diag/grad_decay =
+  log10(mean G over the first 10 steps / mean G over the last 10 steps) (Arjovsky et al. 2016 plot this).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+SAT_LOW, SAT_HIGH = 0.1, 0.9  # the saturation band of DESIGN.md
+EDGE = 10  # time steps averaged at each end for diag/grad_decay
+
+
+def gate_blocks(model: nn.Module) -> list[tuple[str, str, Tensor]]:
+    """(metric name, parameter name, parameter) for every recurrent parameter, with its gate split."""
+    out = []
+    for i, layer in enumerate(model.layers):
+        for pname, p in layer.named_parameters():
+            out.append((f"l{i}", pname, p))
+    return out
+
+
+def gate_grad_norms(model: nn.Module) -> dict[str, float]:
+    """grad/<layer>/<gate>: L2 norm of the gradient of every weight block of that gate, and of other params.
+
+    All blocks go through one ``torch._foreach_norm`` call; one host transfer at the end.
+    """
+    names: list[str] = []
+    views: list[Tensor] = []
+    for i, layer in enumerate(model.layers):
+        split = getattr(layer, "param_gates", {})
+        for pname, p in layer.named_parameters():
+            if p.grad is None:
+                continue
+            gates = split.get(pname)
+            if gates:
+                names.extend(f"grad/l{i}/{g}" for g in gates)
+                views.extend(p.grad.chunk(len(gates), 0))
+            else:
+                names.append(f"grad/l{i}/{pname.replace('.', '_')}")
+                views.append(p.grad)
+    for mname, module in (("grad/embedding", getattr(model, "embedding", None)), ("grad/head", model.head)):
+        if module is not None:
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            names.extend(mname for _ in grads)
+            views.extend(grads)
+    if not views:
+        return {}
+    norms = torch.stack(torch._foreach_norm(views)).float()  # one fused kernel over every block
+    index: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        index.setdefault(name, []).append(k)
+    keys = list(index)
+    totals = torch.stack([norms[index[k]].square().sum().sqrt() for k in keys]).tolist()
+    return dict(zip(keys, totals))
+
+
+def gate_stats(traces) -> dict[str, float]:
+    """gates/<layer>/<gate>/mean and .../saturation from the layers' traces."""
+    keys, values = [], []
+    for i, tr in enumerate(traces):
+        for g, a in tr.gates.items():
+            a = a.detach().float()
+            keys += [f"gates/l{i}/{g}/mean", f"gates/l{i}/{g}/saturation"]
+            values += [a.mean(), ((a < SAT_LOW) | (a > SAT_HIGH)).float().mean()]
+    return dict(zip(keys, torch.stack(values).tolist())) if values else {}
+
+
+def gradient_profile(model: nn.Module, task, batch) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """G_t for layer 0 (h, and c where the cell has one) and the gate statistics, on one batch.
+
+    Runs in eval mode (no dropout, batch-norm statistics frozen) and uses torch.autograd.grad, so the
+    parameters' .grad fields, which training owns, are not touched.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out, _, traces = model.trace(batch.x)
+            loss = task.diag_loss(out, batch)
+            names = list(traces[0].states)
+            flat = [s for n in names for s in traces[0].states[n]]
+            grads = torch.autograd.grad(loss, flat, allow_unused=True)
+        T = len(traces[0].states[names[0]])
+        profile: dict[str, list[float]] = {}
+        for k, name in enumerate(names):
+            gs = [g if g is not None else torch.zeros_like(flat[0]) for g in grads[k * T:(k + 1) * T]]
+            per_step = torch.stack(gs, 1).float().norm(dim=2).mean(0)  # (T,)
+            profile[name] = per_step.tolist()
+        return profile, gate_stats(traces)
+    finally:
+        model.train(was_training)
+
+
+def batch_to(batch, device):
+    """A copy of a task Batch with its tensors on `device`."""
+    import dataclasses
+
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device)
+                                         for f in dataclasses.fields(batch)
+                                         if isinstance(getattr(batch, f.name), Tensor)})
+
+
+def grad_decay(norms: list[float]) -> float:
+    """log10(mean of the first EDGE norms / mean of the last EDGE norms); 0 = no decay, < 0 = vanishing."""
+    k = min(EDGE, len(norms))
+    first = sum(norms[:k]) / k
+    last = sum(norms[-k:]) / k
+    if last <= 0 or first <= 0:
+        return -math.inf if first <= 0 < last else 0.0
+    return math.log10(first / last)
+
+
+def write_profile(rows: list[tuple[int, str, int, float]], folder: Path) -> list[Path]:
+    """CSV (step, state, t, norm) and a PNG: log-scale norm against t, one line per logged step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = folder / "grad_profile.csv"
+    with csv.open("w") as f:
+        f.write("step,state,t,norm\n")
+        for step, state, t, norm in rows:
+            f.write(f"{step},{state},{t},{norm:.6e}\n")
+    steps = sorted({r[0] for r in rows})
+    states = sorted({r[1] for r in rows})
+    fig, axes = plt.subplots(1, len(states), figsize=(6 * len(states), 4), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, state in zip(axes[0], states):
+        for j, step in enumerate(steps):
+            pts = [(t, n) for s, st, t, n in rows if s == step and st == state and n > 0]
+            if pts:
+                ts, ns = zip(*pts)
+                ax.plot(ts, ns, color=cmap(j / max(1, len(steps) - 1)), label=f"step {step}")
+        ax.set_yscale("log")
+        ax.set_xlabel("time step t")
+        ax.set_ylabel(f"||dL/d{state}_t||")
+        ax.set_title(f"gradient reaching {state}_t (layer 0)")
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    png = folder / "grad_profile.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return [csv, png]
+
+
+class DiagnosticsCallback(pl.Callback):
+    """Every ``every`` optimizer steps (and at the start and the end) on one fixed batch: gate statistics,
+    the gradient profile and diag/grad_decay go to the run's logger; the profile's CSV and PNG become run
+    artifacts (under diagnostics/) at the end, also when the run fails or is stopped."""
+
+    def __init__(self, task, batch, every: int, folder: Path):
+        self.task, self.batch, self.every, self.folder = task, batch, every, folder
+        self.rows: list[tuple[int, str, int, float]] = []
+        self._done: set[int] = set()
+
+    def measure(self, trainer, module) -> None:
+        step = trainer.global_step
+        if step in self._done or trainer.logger is None:
+            return
+        self._done.add(step)
+        if self.batch.x.device != module.device:
+            self.batch = batch_to(self.batch, module.device)
+        profile, stats = gradient_profile(module.model, self.task, self.batch)
+        for state, norms in profile.items():
+            self.rows.extend((step, state, t, n) for t, n in enumerate(norms))
+        stats["diag/grad_decay"] = grad_decay(profile["h"])
+        if "c" in profile:
+            stats["diag/grad_decay_c"] = grad_decay(profile["c"])
+        trainer.logger.log_metrics(stats, step=step)
+
+    def on_train_start(self, trainer, module):
+        self.measure(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.every and trainer.global_step % self.every == 0:
+            self.measure(trainer, module)
+
+    def on_train_end(self, trainer, module):
+        self.measure(trainer, module)
+        self.upload(trainer)
+
+    def on_exception(self, trainer, module, exception):
+        self.upload(trainer)
+
+    def upload(self, trainer) -> None:
+        if not self.rows or trainer.logger is None:
+            return
+        for path in write_profile(self.rows, self.folder):
+            trainer.logger.experiment.log_artifact(trainer.logger.run_id, str(path), "diagnostics")

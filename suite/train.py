@@ -1,0 +1,313 @@
+"""One training run: config -> task, model, Lightning Trainer -> an MLflow run -> RunResult.
+
+Used by ``rnnsuite train`` and by every sweep trial, so a trial is exactly a run.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from . import __version__, tasks
+from .tasks.base import split_batch
+from .config import RunConfig, build_config
+from .diagnostics import DiagnosticsCallback
+from .lit import DivergedError, SuiteModule
+from .model import SequenceModel
+from .registry import SuiteError
+from .tracking import (SuiteLogger, artifact_location, git_commit, mask, prepare_local_store,
+                       resolve_tracking_uri, runs_dir)
+
+STATUS_FINISHED, STATUS_FAILED, STATUS_KILLED = "FINISHED", "FAILED", "KILLED"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # FINISHED, FAILED (diverged or crashed) or KILLED (interrupted)
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""  # why a run did not finish
+
+    @property
+    def exit_code(self) -> int:
+        return {STATUS_FINISHED: 0, STATUS_FAILED: 1}.get(self.status, 130)
+
+
+def resolve_device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SuiteError("train.device=cuda but no CUDA GPU is available here; use --device cpu or auto")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def build_task(cfg: RunConfig):
+    return tasks.build(cfg.task.name, **cfg.task.options)
+
+
+def chrono_horizon(cfg: RunConfig, task) -> int | None:
+    """model.chrono_init: true -> the task's sequence length (the longest dependency it can ask for)."""
+    c = cfg.model.chrono_init
+    if c is False:
+        return None
+    if c is True:
+        return max(3, int(task.seq_len))
+    return int(c)
+
+
+def build_model(cfg: RunConfig, task) -> SequenceModel:
+    m = cfg.model
+    opts = dict(m.cell_options)
+    t_max = chrono_horizon(cfg, task)
+    if t_max is not None:
+        opts["chrono_init"] = t_max
+    if m.init != "orthogonal":
+        opts["init"] = m.init
+        opts["init_range"] = m.init_range
+    try:
+        model = SequenceModel(m.cell, task.encoding, task.input_size, task.output_size, m.hidden_size,
+                              layers=m.layers, dropout=m.dropout, embedding_size=m.embedding_size,
+                              tie_weights=m.tie_weights, **opts)
+    except SuiteError as exc:
+        raise SuiteError(f"model: {exc}") from None
+    except ValueError as exc:
+        raise SuiteError(f"model: {exc}") from None
+    if m.init == "uniform":
+        model.reset_uniform(m.init_range)  # Zaremba et al. 2014: every parameter U(-r, r), embeddings too
+    return model
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends a run like Ctrl-C: last checkpoint, MLflow status KILLED."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _quiet_libraries() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Consider setting `persistent_workers=True`.*")
+    warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming writes beside old ckpts
+
+
+def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str] | None = None,
+        callbacks: list | None = None, parent_run_id: str | None = None) -> RunResult:
+    """Train one model as configured; every outcome ends its MLflow run with a status and a reason."""
+    _quiet_libraries()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    task = build_task(cfg)
+    pl.seed_everything(cfg.train.seed, verbose=False)
+    model = build_model(cfg, task)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    prepare_local_store(uri)
+    run_tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__,
+                "device": device, "seed": str(cfg.train.seed),
+                "baseline.formula": task.baseline.formula, **(tags or {})}
+    commit = git_commit()
+    if commit:
+        run_tags["git.commit"] = commit
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    logger = SuiteLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri,
+                         run_name=cfg.tracking.run_name or None, tags=run_tags,
+                         artifact_location=artifact_location(uri), run_id=resume_run_id)
+    try:
+        run_id = logger.run_id  # creates the experiment and the run
+    except Exception as exc:  # unreachable server, bad credentials: one line, nothing else written
+        raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
+                         f"{mask(str(exc)).splitlines()[0][:200]}") from None
+    client = logger.experiment
+    ckpt_root = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runs_dir() / "checkpoints"
+    ckpt_dir = ckpt_root / run_id
+    ckpt_path = None
+    start_step = 0
+    if resume_run_id:
+        client.update_run(run_id, status="RUNNING")
+        last = ckpt_dir / "last.ckpt"
+        if not last.exists():
+            raise SuiteError(f"run {run_id} has no checkpoint at {last}; cannot resume it")
+        ckpt_path = str(last)
+        start_step = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
+    else:
+        params = cfg.flat()
+        params.update({"cell": cfg.model.cell, "n_params": count_params(model), "seed": cfg.train.seed,
+                       "task.baseline": task.baseline.value, "task.baseline_metric": task.baseline.metric})
+        logger.log_params(params)
+        client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+        client.set_tag(run_id, "rnnsuite.checkpoint_dir", str(ckpt_dir))
+
+    data = TaskData(task, cfg.train.seed, start_step)
+    steps_per_epoch = getattr(task, "steps_per_epoch", None)
+    module = SuiteModule(model, task, cfg.optim, cfg.train, steps_per_epoch)
+    diag_batch = _diag_batch(task, cfg.train.diag_batch)
+    tmp = Path(tempfile.mkdtemp(prefix="rnnsuite-diag-"))
+    monitor = f"val/{task.metric}"
+    cbs = [DiagnosticsCallback(task, diag_batch, cfg.train.diag_every, tmp),
+           ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=monitor,
+                           mode="min" if task.direction == "minimize" else "max", save_last=True,
+                           save_top_k=1, auto_insert_metric_name=False),
+           _InterruptCheckpoint(ckpt_dir), *(callbacks or [])]
+    trainer = pl.Trainer(**_trainer_args(cfg, task, device), logger=logger, callbacks=cbs)
+
+    result = RunResult(run_id, STATUS_FINISHED)
+    final: dict[str, float] = {}
+    try:
+        with _sigterm_as_interrupt():
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+            if trainer.interrupted:
+                raise KeyboardInterrupt
+            if _last_val_step(trainer) != trainer.global_step:
+                trainer.validate(module, datamodule=data, verbose=False)
+            final = _scalars(trainer.callback_metrics)
+            if task.test_batches("cpu") is not None:
+                trainer.test(module, datamodule=data, verbose=False)
+                final.update(_scalars(trainer.callback_metrics))
+    except DivergedError as exc:
+        result = RunResult(run_id, STATUS_FAILED, reason=f"diverged: {exc}")
+        client.set_tag(run_id, "failure.reason", result.reason)
+        client.set_tag(run_id, "failure.step", str(exc.step))
+    except (KeyboardInterrupt, SystemExit):
+        result = RunResult(run_id, STATUS_KILLED, reason=f"interrupted at step {trainer.global_step}")
+        client.set_tag(run_id, "failure.reason", result.reason)
+    except Exception as exc:
+        result = RunResult(run_id, STATUS_FAILED, reason=f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
+        client.set_tag(run_id, "failure.reason", result.reason)
+        logger.terminate(STATUS_FAILED)
+        raise
+    result.metrics = final or _scalars(trainer.callback_metrics)
+    logger.terminate(result.status)
+    return result
+
+
+class TaskData(pl.LightningDataModule):
+    """Adapts a Task to Lightning's data hooks; batches are made on the training device by the task."""
+
+    def __init__(self, task, seed: int, start_step: int):
+        super().__init__()
+        self.task, self.seed, self.start_step = task, seed, start_step
+
+    def _device(self):
+        return self.trainer.strategy.root_device
+
+    def train_dataloader(self):
+        # A resumed run continues with fresh batches: seeded by (seed, step), not replayed.
+        seed = self.seed if not self.start_step else self.seed * 1_000_003 + self.start_step
+        return _Batches(lambda: self.task.train_batches(seed, self._device()),
+                        getattr(self.task, "steps_per_epoch", None))
+
+    def val_dataloader(self):
+        # wrapped: Lightning would read a plain list as a list of dataloaders
+        batches = self.task.val_batches(self._device())
+        return _Batches(lambda: batches, len(batches))
+
+    def test_dataloader(self):
+        batches = self.task.test_batches(self._device()) or []
+        return _Batches(lambda: batches, len(batches))
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # already made on the device
+
+
+class _Batches:
+    """A re-iterable view of a batch-producing function (one call per epoch)."""
+
+    def __init__(self, make, length: int | None):
+        self.make, self.length = make, length
+
+    def __iter__(self):
+        return iter(self.make())
+
+    def __len__(self):
+        if self.length is None:
+            raise TypeError("infinite")
+        return self.length
+
+
+def _trainer_args(cfg: RunConfig, task, device: str) -> dict:
+    t = cfg.train
+    spe = getattr(task, "steps_per_epoch", None)
+    args = dict(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=t.precision,
+                log_every_n_steps=t.log_every, enable_progress_bar=t.progress, enable_model_summary=False,
+                num_sanity_val_steps=0, deterministic=t.deterministic or None, gradient_clip_val=None,
+                enable_checkpointing=True, default_root_dir=str(Path(tempfile.gettempdir()) / "rnnsuite-pl"))
+    if t.epochs and spe:
+        args.update(max_epochs=t.epochs, max_steps=-1)
+    else:
+        args.update(max_steps=t.steps, max_epochs=-1)
+        if spe:  # an LM trained for a number of steps: validate every val_every steps within epochs
+            args.update(val_check_interval=min(t.val_every, spe, t.steps))
+        else:
+            args.update(val_check_interval=min(t.val_every, t.steps), check_val_every_n_epoch=None)
+    return args
+
+
+def _scalars(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v.numel() == 1}
+
+
+def _last_val_step(trainer) -> int | None:
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "_last_global_step_saved", None) is not None:
+            return cb._last_global_step_saved
+    return None
+
+
+def _diag_batch(task, size: int):
+    """The fixed diagnostic batch: the first `size` sequences of the first validation batch."""
+    return split_batch(task.val_batches("cpu")[0], size)[0]
+
+
+class _InterruptCheckpoint(pl.Callback):
+    """On Ctrl-C / SIGTERM, write last.ckpt so ``rnnsuite train --resume RUN_ID`` continues from there."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_exception(self, trainer, module, exception):
+        if isinstance(exception, KeyboardInterrupt):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(str(self.folder / "last.ckpt"))
+
+
+def load_run_config(tracking_uri: str | None, run_id: str) -> RunConfig:
+    """The resolved config a run logged (its config.yaml artifact), for --resume."""
+    import mlflow
+    import yaml
+
+    client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri))
+    try:
+        client.get_run(run_id)
+        path = client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp())
+    except Exception as exc:
+        raise SuiteError(f"cannot resume run {run_id!r}: {exc.__class__.__name__}: {str(exc)[:200]}") from None
+    return build_config(yaml.safe_load(Path(path).read_text()))
+

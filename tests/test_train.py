@@ -1,0 +1,181 @@
+"""`rnnsuite train` end to end: learning, MLflow records read back with MLflow's client, failures."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import mlflow
+import pytest
+import torch
+
+from suite import tasks
+from suite.config import build_config
+from suite.train import build_model, run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {"uri": f"sqlite:///{root / 'mlflow.db'}", "root": root}
+
+
+def config(store, task, cell, steps, **over):
+    base = {"tracking.uri": store["uri"], "train.progress": False, "train.checkpoint_dir": str(store["root"] / "ckpt"),
+            "model.cell": cell, "train.steps": steps}
+    base.update(over)
+    return build_config(task, overrides=base)
+
+
+ADDING = {"task": {"name": "adding", "length": 30, "batch_size": 32, "val_size": 256}}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gated_cells_beat_the_adding_baseline(store, cell):
+    cfg = config(store, ADDING, cell, 400, **{"model.hidden_size": 32, "optim.lr": 0.01, "train.val_every": 400})
+    result = run(cfg)
+    assert result.status == "FINISHED"
+    assert result.metrics["val/mse"] < 0.3 * (1 / 6)  # clearly below the 1/6 baseline
+
+
+def test_a_cell_beats_the_copy_baseline_at_small_t(store):
+    task = {"task": {"name": "copy", "length": 5, "symbols": 3, "batch_size": 32, "val_size": 256}}
+    cfg = config(store, task, "gru", 300, **{"model.hidden_size": 64, "optim.lr": 0.02, "train.val_every": 300})
+    result = run(cfg)
+    baseline = tasks.build("copy", length=5, symbols=3).baseline.value
+    assert result.metrics["val/loss"] < 0.2 * baseline
+    assert result.metrics["val/acc"] > 0.9  # chance is 1/8
+
+
+def test_tanh_rnn_does_worse_than_gated_cells_at_length(store):
+    task = {"task": {"name": "adding", "length": 100, "batch_size": 32, "val_size": 256}}
+    over = {"model.hidden_size": 32, "optim.lr": 0.01, "train.val_every": 300}
+    tanh = run(config(store, task, "rnn_tanh", 300, **over)).metrics["val/mse"]
+    gru = run(config(store, task, "gru", 300, **over)).metrics["val/mse"]
+    assert tanh > 0.8 * (1 / 6)  # stuck near the baseline
+    assert gru < 0.5 * tanh
+
+
+def test_run_is_recorded_in_mlflow(store):
+    cfg = config(store, ADDING, "lstm", 20, **{"model.hidden_size": 8, "train.log_every": 5, "train.val_every": 10,
+                                               "train.diag_every": 10, "train.grad_every": 5})
+    result = run(cfg)
+    client = mlflow.MlflowClient(store["uri"])
+    r = client.get_run(result.run_id)
+    assert r.info.status == "FINISHED"
+    m, p, t = r.data.metrics, r.data.params, r.data.tags
+    for key in ("train/loss", "train/grad_norm", "train/grad_norm_clipped", "val/loss", "val/acc", "val/mse",
+                "test/mse", "grad/l0/i", "grad/l0/f", "grad/l0/g", "grad/l0/o", "grad/head",
+                "gates/l0/f/mean", "gates/l0/f/saturation", "diag/grad_decay", "diag/grad_decay_c"):
+        assert key in m, key
+    for key in ("task.name", "task.length", "model.cell", "model.hidden_size", "optim.lr", "train.seed",
+                "cell", "n_params", "seed", "task.baseline"):
+        assert key in p, key
+    assert float(p["task.baseline"]) == pytest.approx(1 / 6)
+    assert int(p["n_params"]) == 4 * 8 * (2 + 8 + 2) + 9  # nn.LSTM two biases + the 8->1 head
+    for key in ("task", "cell", "rnnsuite.version", "device", "baseline.formula"):
+        assert key in t, key
+    arts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert "config.yaml" in arts and "diagnostics" in arts
+    diag = {a.path for a in client.list_artifacts(result.run_id, "diagnostics")}
+    assert diag == {"diagnostics/grad_profile.csv", "diagnostics/grad_profile.png"}
+    history = client.get_metric_history(result.run_id, "train/loss")
+    assert [h.step for h in history] == [4, 9, 14, 19]  # every log_every steps (0-based step index)
+    diag_steps = sorted({h.step for h in client.get_metric_history(result.run_id, "diag/grad_decay")})
+    assert diag_steps == [0, 10, 20]  # start, every diag_every steps, end
+    path = client.download_artifacts(result.run_id, "diagnostics/grad_profile.csv", str(store["root"]))
+    rows = open(path).read().splitlines()
+    assert rows[0] == "step,state,t,norm" and len(rows) == 1 + 3 * 2 * 30  # 3 steps x (h, c) x T
+
+
+def test_logged_grad_norm_is_clip_grad_norms_value(store):
+    cfg = config(store, ADDING, "gru", 1, **{"model.hidden_size": 8, "train.log_every": 1, "optim.clip": 0.5})
+    result = run(cfg)
+    logged = mlflow.MlflowClient(store["uri"]).get_metric_history(result.run_id, "train/grad_norm")[0].value
+    clipped = mlflow.MlflowClient(store["uri"]).get_metric_history(result.run_id, "train/grad_norm_clipped")[0].value
+    # the same first step by hand
+    task = tasks.build("adding", length=30, batch_size=32, val_size=256)
+    pl.seed_everything(cfg.train.seed, verbose=False)
+    model = build_model(cfg, task)
+    batch = next(iter(task.train_batches(cfg.train.seed, "cpu")))
+    out, _ = model(batch.x)
+    task.loss(out, batch).backward()
+    expected = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item()
+    assert logged == pytest.approx(expected, rel=1e-5)
+    assert clipped == pytest.approx(min(expected, 0.5), rel=1e-5)
+
+
+def test_nan_loss_fails_the_run_with_its_reason(store):
+    cfg = config(store, ADDING, "rnn_tanh", 50, **{"optim.name": "sgd", "optim.lr": 1e30, "optim.clip": 0.0})
+    result = run(cfg)
+    assert result.status == "FAILED" and "diverged" in result.reason
+    r = mlflow.MlflowClient(store["uri"]).get_run(result.run_id)
+    assert r.info.status == "FAILED"
+    assert "loss is" in r.data.tags["failure.reason"] and int(r.data.tags["failure.step"]) < 50
+
+
+class StopAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_is_killed_and_resumes_its_steps_and_run(store):
+    cfg = config(store, ADDING, "sgru", 30, **{"model.hidden_size": 8, "train.log_every": 5, "train.val_every": 10})
+    first = run(cfg, callbacks=[StopAt(12)])
+    client = mlflow.MlflowClient(store["uri"])
+    assert first.status == "KILLED"
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    second = run(cfg, resume_run_id=first.run_id)
+    assert second.run_id == first.run_id and second.status == "FINISHED"
+    steps = [h.step for h in client.get_metric_history(first.run_id, "train/loss")]
+    assert steps == [4, 9, 14, 19, 24, 29]  # one history, continued where it stopped
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_lm_smoke_two_layer_lstm(store):
+    task = {"task": {"name": "ptb_word", "batch_size": 20, "bptt": 20, "eval_batch_size": 50}}
+    cfg = config(store, task, "lstm", 40, **{"model.layers": 2, "model.hidden_size": 32, "optim.lr": 0.01,
+                                             "train.val_every": 40, "train.diag_every": 0})
+    result = run(cfg)
+    assert result.status == "FINISHED"
+    assert math.isfinite(result.metrics["val/ppl"]) and result.metrics["val/ppl"] < 2000  # vocabulary: 10,000
+    assert math.isfinite(result.metrics["test/ppl"])
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "suite", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_cli_train_json(store, tmp_path):
+    out = cli("train", "--task", "adding", "--cell", "mgu", "--steps", "5", "--set", "task.length=10",
+              "--set", "train.progress=false", "--tracking-uri", store["uri"], "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout.strip().splitlines()[-1])
+    assert payload["status"] == "FINISHED" and "val/mse" in payload and "test/mse" in payload
+    assert mlflow.MlflowClient(store["uri"]).get_run(payload["run_id"]).data.params["model.cell"] == "mgu"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cell", "gruu"], "unknown cell 'gruu'"),
+    (["--task", "addding"], "unknown task 'addding'"),
+    (["--steps", "-3"], "train.steps must be > 0"),
+    (["--set", "optim.lr=0"], "optim.lr must be > 0"),
+    (["--set", "optim.name=adagrad"], "optim.name='adagrad' is not accepted"),
+    (["--set", "model.peepholes=true"], "does not take option 'peepholes'"),
+    (["--set", "task.length=-5"], "length"),
+    (["--task", "missing/file.yaml"], "does not exist"),
+    (["--tracking-uri", "ftp://host/x"], "unsupported scheme 'ftp'"),
+] + ([(["--device", "cuda"], "no CUDA GPU")] if not torch.cuda.is_available() else []))
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
+    out = cli("train", "--steps", "2", *args, cwd=tmp_path) if "--steps" not in args else cli("train", *args, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no stray database, run or folder
