@@ -7,6 +7,7 @@ that ``rnnsuite list`` and ``--help`` answer at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -72,6 +73,19 @@ def _cmd_train(args) -> int:
     return result.exit_code
 
 
+def _cmd_sweep(args) -> int:
+    if args.workers < 1:
+        raise SuiteError(f"--workers must be >= 1, got {args.workers}")
+    from .storage import check_storage_url, storage_url
+
+    check_storage_url(storage_url(args.storage))
+    if args.quiet:
+        os.environ["RNNSUITE_QUIET"] = "1"
+    from .sweep import run_sweep
+
+    return run_sweep(args.file, args.storage, args.tracking_uri, args.workers, args.worker_only)
+
+
 def _task_layer(task: str) -> dict:
     """--task NAME (a registered task or a named setting) or --task path/to/file.yaml."""
     from . import tasks
@@ -113,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="continue a stopped run from its last checkpoint")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of final metrics")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sweep", help="tune every cell of a sweep file with the same budget (re-run to resume)",
+                       description="Run (or resume) a sweep: one Optuna study per cell, every trial an MLflow "
+                       "run, then the top configurations re-trained with several seeds. Re-running the same "
+                       "command continues where it stopped; the same command on other machines with the same "
+                       "--storage and --tracking-uri joins the sweep.")
+    p.add_argument("file", help="a sweep file, e.g. sweeps/smoke.yaml")
+    p.add_argument("--storage", help="Optuna storage: a journal file path (default rnnsuite-runs/optuna.journal), "
+                   "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (or $RNNSUITE_STORAGE)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU)")
+    p.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress bars")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

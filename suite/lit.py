@@ -17,13 +17,32 @@ from .diagnostics import gate_grad_norms
 from .model import SequenceModel, detach_state
 
 
-class DivergedError(RuntimeError):
+class StopRun(Exception):
+    """Raised inside training to end a run early with a known outcome (see train.run)."""
+
+    outcome = "failed"  # RunResult.outcome
+    status = "FAILED"  # the MLflow run status
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class DivergedError(StopRun):
     """The training loss became NaN or infinite."""
 
+    outcome = "diverged"
+
     def __init__(self, step: int, value: float):
-        super().__init__(f"loss is {value} at step {step}")
-        self.step = step
+        super().__init__(f"loss is {value} at step {step}", step)
         self.value = value
+
+
+class PrunedRun(StopRun):
+    """A sweep's pruner stopped the run; it ended early by design, so its MLflow run is FINISHED."""
+
+    outcome = "pruned"
+    status = "FINISHED"
 
 
 class SuiteModule(pl.LightningModule):

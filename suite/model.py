@@ -32,7 +32,13 @@ class SequenceModel(nn.Module):
             raise ValueError(f"unknown encoding {encoding!r}")
         self.layers = nn.ModuleList()
         for i in range(layers):
-            self.layers.append(cells.build(cell, width if i == 0 else hidden_size, hidden_size, **cell_options))
+            in_width = width if i == 0 else hidden_size
+            opts = dict(cell_options)
+            if in_width != hidden_size and "project_input" in cells.options(cell):
+                # mut1/mut2 add x to the state without a weight: learn the projection they need unless the
+                # user decided otherwise (project_input=false then fails with the cell's own message)
+                opts.setdefault("project_input", True)
+            self.layers.append(cells.build(cell, in_width, hidden_size, **opts))
         self.drop = nn.Dropout(dropout)
         head_in = hidden_size
         if tie_weights:

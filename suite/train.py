@@ -5,6 +5,7 @@ Used by ``rnnsuite train`` and by every sweep trial, so a trial is exactly a run
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import tempfile
 import warnings
@@ -20,7 +21,7 @@ from . import __version__, tasks
 from .tasks.base import split_batch
 from .config import RunConfig, build_config
 from .diagnostics import DiagnosticsCallback
-from .lit import DivergedError, SuiteModule
+from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .registry import SuiteError
 from .tracking import (SuiteLogger, artifact_location, git_commit, mask, prepare_local_store,
@@ -32,13 +33,14 @@ STATUS_FINISHED, STATUS_FAILED, STATUS_KILLED = "FINISHED", "FAILED", "KILLED"
 @dataclass
 class RunResult:
     run_id: str
-    status: str  # FINISHED, FAILED (diverged or crashed) or KILLED (interrupted)
+    status: str  # the MLflow status: FINISHED, FAILED (diverged or crashed) or KILLED (interrupted)
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""  # why a run did not finish
+    outcome: str = "finished"  # finished, diverged, pruned, killed, failed
 
     @property
     def exit_code(self) -> int:
-        return {STATUS_FINISHED: 0, STATUS_FAILED: 1}.get(self.status, 130)
+        return {"finished": 0, "pruned": 0, "killed": 130}.get(self.outcome, 1)
 
 
 def resolve_device(name: str) -> str:
@@ -191,16 +193,18 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
             if task.test_batches("cpu") is not None:
                 trainer.test(module, datamodule=data, verbose=False)
                 final.update(_scalars(trainer.callback_metrics))
-    except DivergedError as exc:
-        result = RunResult(run_id, STATUS_FAILED, reason=f"diverged: {exc}")
-        client.set_tag(run_id, "failure.reason", result.reason)
-        client.set_tag(run_id, "failure.step", str(exc.step))
+    except StopRun as exc:
+        result = RunResult(run_id, exc.status, reason=f"{exc.outcome}: {exc}", outcome=exc.outcome)
+        key = "pruned" if exc.outcome == "pruned" else "failure"
+        client.set_tag(run_id, f"{key}.reason", result.reason)
+        client.set_tag(run_id, f"{key}.step", str(exc.step))
     except (KeyboardInterrupt, SystemExit):
-        result = RunResult(run_id, STATUS_KILLED, reason=f"interrupted at step {trainer.global_step}")
+        result = RunResult(run_id, STATUS_KILLED, reason=f"interrupted at step {trainer.global_step}",
+                           outcome="killed")
         client.set_tag(run_id, "failure.reason", result.reason)
     except Exception as exc:
-        result = RunResult(run_id, STATUS_FAILED, reason=f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
-        client.set_tag(run_id, "failure.reason", result.reason)
+        reason = f"{exc.__class__.__name__}: {mask(str(exc))[:300]}"
+        client.set_tag(run_id, "failure.reason", reason)
         logger.terminate(STATUS_FAILED)
         raise
     result.metrics = final or _scalars(trainer.callback_metrics)
@@ -255,8 +259,9 @@ class _Batches:
 def _trainer_args(cfg: RunConfig, task, device: str) -> dict:
     t = cfg.train
     spe = getattr(task, "steps_per_epoch", None)
+    progress = t.progress and not os.environ.get("RNNSUITE_QUIET")
     args = dict(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=t.precision,
-                log_every_n_steps=t.log_every, enable_progress_bar=t.progress, enable_model_summary=False,
+                log_every_n_steps=t.log_every, enable_progress_bar=progress, enable_model_summary=False,
                 num_sanity_val_steps=0, deterministic=t.deterministic or None, gradient_clip_val=None,
                 enable_checkpointing=True, default_root_dir=str(Path(tempfile.gettempdir()) / "rnnsuite-pl"))
     if t.epochs and spe:

@@ -179,3 +179,45 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
     assert list(tmp_path.iterdir()) == []  # no stray database, run or folder
+
+
+@pytest.mark.parametrize("cell", ["mut1", "mut2"])
+def test_model_projects_the_input_for_cells_that_need_it(cell):
+    from suite.model import SequenceModel
+
+    model = SequenceModel(cell, "real", 2, 1, 16, layers=2)
+    assert model.layers[0].project_input is True and model.layers[1].project_input is False
+    out, _ = model(torch.randn(3, 5, 2))
+    assert out.shape == (3, 5, 1)
+
+
+def test_sigterm_writes_a_checkpoint_and_ends_the_run_killed(store, tmp_path):
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "suite", "train", "--task", "adding", "--cell", "gru",
+                             "--steps", "100000", "--set", "train.progress=false", "--set", "task.length=50",
+                             "--tracking-uri", store["uri"], "--set", f"train.checkpoint_dir={home}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    client = mlflow.MlflowClient(store["uri"])
+    deadline = time.time() + 120
+    run_id = None
+    try:
+        while time.time() < deadline and run_id is None:  # wait until training has logged its first metrics
+            time.sleep(1)
+            exp = client.get_experiment_by_name("rnnsuite")
+            for r in client.search_runs(exp.experiment_id, "attributes.status = 'RUNNING'") if exp else []:
+                if r.data.params.get("train.checkpoint_dir") == str(home) and "train/loss" in r.data.metrics:
+                    run_id = r.info.run_id
+        assert run_id, "the run never started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert (home / run_id / "last.ckpt").exists()
+    assert f"run {run_id} KILLED" in err and "Traceback" not in err

@@ -1,0 +1,895 @@
+"""Sweeps: every cell tuned with the same budget by Optuna, every trial an MLflow run, resumable, many workers.
+
+A sweep file names a task, the cells, a search space over run-config keys, the budget and a confirmation
+protocol. Each (sweep, task, cell) gets one Optuna study ``<sweep>/<task>/<cell>`` that ends with exactly
+``budget.trials`` finished (COMPLETE or PRUNED) trials; then the top-k configurations are re-trained with S
+seeds in a second study ``<sweep>/<task>/<cell>/confirm`` whose trials are enqueued, fixed configurations.
+Those confirmation numbers are what reports compare (Greff et al. 2017; Melis et al. 2018).
+
+Coordination lives in the Optuna storage, so workers on one machine or many share a sweep:
+* a worker records ``worker`` (host:pid) and a ``heartbeat`` time on the trial it runs; a RUNNING trial whose
+  worker is gone (same host, dead pid; or no heartbeat for GRACE seconds) is marked FAIL, its MLflow run ends
+  KILLED and its configuration is enqueued again (a trial lost to a crash does not count, and is retried);
+* after ``ask`` a worker checks its trial is within the budget (another worker may have taken the last
+  place at the same moment) and otherwise fails it at once, before any training, so budgets are exact.
+The objective only turns a trial's sampled values into a run config and calls the same ``train.run`` as
+``rnnsuite train``: the trial object never reaches model or task code (optuna-examples).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from .config import RunConfig, build_config, load_yaml
+from .lit import PrunedRun
+from .registry import SuiteError
+from .tracking import mask
+
+GRACE = 180.0  # seconds without a heartbeat before a RUNNING trial of another host counts as lost
+HEARTBEAT = 20.0  # seconds between heartbeats
+MAX_RETRIES = 2  # a configuration that crashes its worker this often is not enqueued again
+PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"
+DIST_TYPES = ("loguniform", "uniform", "int", "choice")
+SPEC_KEYS = ("name", "description", "task", "base", "cells", "budget", "search", "param_match", "sampler",
+             "pruner", "objective", "confirm")
+
+
+# ---------------------------------------------------------------------------------------------- the file
+@dataclass
+class SweepSpec:
+    name: str
+    task: str | dict  # a named setting, a task name, a tasks/ file, or a task section mapping
+    cells: list[str]
+    trials: int  # finished trials per cell: the equal budget
+    steps: int  # training steps per trial (0 with epochs)
+    epochs: int = 0
+    search: dict[str, dict] = field(default_factory=dict)  # dotted config key -> distribution
+    base: dict[str, Any] = field(default_factory=dict)  # run-config sections fixed for every trial
+    param_match: int = 0  # solve hidden_size so the recurrent layers have this many parameters (±10%)
+    sampler: dict = field(default_factory=lambda: {"name": "tpe", "seed": 0})
+    pruner: dict = field(default_factory=lambda: {"name": "median", "warmup_steps": 0, "startup_trials": 2})
+    metric: str = ""  # objective, e.g. "val/mse"; "" = the task's default
+    direction: str = ""
+    top_k: int = 1
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    description: str = ""
+    task_label: str = ""  # the task part of study names
+
+    def study_name(self, cell: str, phase: str = PHASE_SEARCH) -> str:
+        base = f"{self.name}/{self.task_label}/{cell}"
+        return base if phase == PHASE_SEARCH else f"{base}/confirm"
+
+    @property
+    def confirm_runs(self) -> int:
+        return self.top_k * len(self.seeds)
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise SuiteError(message)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file; every problem is one line naming the key. Nothing is written."""
+    data = load_yaml(path)
+    unknown = sorted(set(data) - set(SPEC_KEYS))
+    _need(not unknown, f"{path}: unknown sweep key {unknown[0]!r}; accepted: {', '.join(SPEC_KEYS)}"
+          if unknown else "")
+    for key in ("name", "task", "cells", "budget"):
+        _need(key in data, f"{path}: missing sweep key {key!r}")
+    name = data["name"]
+    _need(isinstance(name, str) and name and "/" not in name and name.strip() == name,
+          f"{path}: name must be a non-empty string without '/', got {name!r}")
+    cells = data["cells"]
+    _need(isinstance(cells, list) and cells and all(isinstance(c, str) for c in cells),
+          f"{path}: cells must be a non-empty list of cell names")
+    _need(len(set(cells)) == len(cells), f"{path}: cells lists a cell twice")
+    from . import cells as zoo
+
+    for c in cells:
+        zoo.CELLS.get(c)  # unknown cell: the registry's error lists the valid names
+    budget = data["budget"]
+    _need(isinstance(budget, dict), f"{path}: budget must be a mapping with trials and steps (or epochs)")
+    bad = sorted(set(budget) - {"trials", "steps", "epochs"})
+    _need(not bad, f"{path}: unknown budget key {bad[0]!r}; accepted: trials, steps, epochs" if bad else "")
+    trials = budget.get("trials")
+    _need(isinstance(trials, int) and not isinstance(trials, bool) and trials > 0,
+          f"{path}: budget.trials must be a positive integer, got {trials!r}")
+    steps, epochs = budget.get("steps", 0), budget.get("epochs", 0)
+    for k, v in (("steps", steps), ("epochs", epochs)):
+        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              f"{path}: budget.{k} must be a positive integer, got {v!r}")
+    _need(bool(steps) != bool(epochs), f"{path}: budget needs exactly one of steps or epochs")
+    spec = SweepSpec(name=name, task=data["task"], cells=cells, trials=trials, steps=steps, epochs=epochs,
+                     description=str(data.get("description", "")))
+    spec.search = _check_search(path, data.get("search") or {})
+    spec.base = data.get("base") or {}
+    _need(isinstance(spec.base, dict), f"{path}: base must be a mapping of run-config sections")
+    pm = data.get("param_match", 0)
+    _need(isinstance(pm, int) and not isinstance(pm, bool) and pm >= 0,
+          f"{path}: param_match must be a positive integer (parameters), got {pm!r}")
+    _need(not (pm and "model.hidden_size" in spec.search),
+          f"{path}: param_match solves model.hidden_size; do not also search it")
+    spec.param_match = pm
+    spec.sampler = _check_choice_block(path, "sampler", data.get("sampler"), {"name": "tpe", "seed": 0},
+                                       ("tpe", "random"), {"seed"})
+    spec.pruner = _check_choice_block(path, "pruner", data.get("pruner"),
+                                      {"name": "median", "warmup_steps": 0, "startup_trials": 2},
+                                      ("median", "hyperband", "none"), {"warmup_steps", "startup_trials"})
+    confirm = data.get("confirm") or {}
+    _need(isinstance(confirm, dict), f"{path}: confirm must be a mapping with top_k and seeds")
+    bad = sorted(set(confirm) - {"top_k", "seeds"})
+    _need(not bad, f"{path}: unknown confirm key {bad[0]!r}; accepted: top_k, seeds" if bad else "")
+    spec.top_k = confirm.get("top_k", 1)
+    _need(isinstance(spec.top_k, int) and 1 <= spec.top_k <= trials,
+          f"{path}: confirm.top_k must be an integer in [1, budget.trials], got {spec.top_k!r}")
+    seeds = confirm.get("seeds", 3)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        _need(seeds >= 1, f"{path}: confirm.seeds must be >= 1, got {seeds}")
+        seeds = list(range(1, seeds + 1))
+    _need(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)
+          and len(set(seeds)) == len(seeds), f"{path}: confirm.seeds must be a count or a list of distinct seeds")
+    spec.seeds = seeds
+    objective = data.get("objective") or {}
+    _need(isinstance(objective, dict), f"{path}: objective must be a mapping with metric and direction")
+    bad = sorted(set(objective) - {"metric", "direction"})
+    _need(not bad, f"{path}: unknown objective key {bad[0]!r}; accepted: metric, direction" if bad else "")
+    spec.metric = objective.get("metric", "")
+    spec.direction = objective.get("direction", "")
+    _need(spec.direction in ("", "minimize", "maximize"),
+          f"{path}: objective.direction must be minimize or maximize, got {spec.direction!r}")
+    _resolve_task(spec, path)
+    for cell in cells:  # every cell builds with the first point of the space: bad keys fail now, not later
+        cfg = trial_config(spec, cell, first_point(spec.search), seed=0)
+        build_task_and_model(cfg)
+    return spec
+
+
+def _check_choice_block(path, key, block, default, names, extra):
+    block = dict(default if block is None else block)
+    _need(isinstance(block, dict), f"{path}: {key} must be a mapping")
+    merged = {**default, **block}
+    bad = sorted(set(merged) - {"name"} - extra)
+    _need(not bad, f"{path}: unknown {key} key {bad[0]!r}; accepted: name, {', '.join(sorted(extra))}"
+          if bad else "")
+    _need(merged["name"] in names, f"{path}: {key}.name={merged['name']!r}; choose one of: {', '.join(names)}")
+    for k in extra:
+        v = merged.get(k, 0)
+        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              f"{path}: {key}.{k} must be a non-negative integer, got {v!r}")
+    return merged
+
+
+def _check_search(path, search: dict) -> dict[str, dict]:
+    _need(isinstance(search, dict), f"{path}: search must map config keys (e.g. optim.lr) to distributions")
+    out = {}
+    for key, dist in search.items():
+        where = f"{path}: search.{key}"
+        _need(isinstance(dist, dict) and "type" in dist,
+              f"{where} must be a mapping with a type ({', '.join(DIST_TYPES)})")
+        kind = dist["type"]
+        _need(kind in DIST_TYPES, f"{where}.type={kind!r}; choose one of: {', '.join(DIST_TYPES)}")
+        allowed = {"type", "values"} if kind == "choice" else {"type", "low", "high", "log"}
+        bad = sorted(set(dist) - allowed)
+        _need(not bad, f"{where}: unknown key {bad[0]!r}; accepted: {', '.join(sorted(allowed))}" if bad else "")
+        if kind == "choice":
+            vals = dist.get("values")
+            _need(isinstance(vals, list) and vals, f"{where}: choice needs a non-empty list of values")
+            _need(all(v is None or isinstance(v, (bool, int, float, str)) for v in vals),
+                  f"{where}: choice values must be numbers, strings or booleans")
+        else:
+            low, high = dist.get("low"), dist.get("high")
+            for name, v in (("low", low), ("high", high)):
+                if isinstance(v, str):
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        pass
+                _need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                      f"{where}: {kind} needs numeric low and high")
+                dist = {**dist, name: v}
+            low, high = dist["low"], dist["high"]
+            _need(low < high, f"{where}: low must be below high ({low} >= {high})")
+            if kind == "loguniform":
+                _need(low > 0, f"{where}: loguniform needs low > 0, got {low}")
+            if kind == "int":
+                _need(float(low).is_integer() and float(high).is_integer(), f"{where}: int needs integer bounds")
+                dist = {**dist, "low": int(low), "high": int(high)}
+        out[key] = dict(dist)
+    return out
+
+
+def _resolve_task(spec: SweepSpec, path) -> None:
+    from . import tasks
+
+    task = spec.task
+    if isinstance(task, str):
+        spec.task_label = Path(task).stem if task.endswith((".yaml", ".yml")) else task
+        if task.endswith((".yaml", ".yml")) or "/" in task:
+            p = Path(task)
+            if not p.is_absolute() and not p.exists():
+                p = Path(path).parent / task
+            spec.task = load_yaml(p)
+        elif task in tasks.named_settings():
+            spec.task = tasks.load_settings(task)
+        else:
+            tasks.TASKS.get(task)
+            spec.task = {"task": {"name": task}}
+    elif isinstance(task, dict) and "name" in task:
+        spec.task_label = str(task["name"])
+        spec.task = {"task": dict(task)}
+    else:
+        raise SuiteError(f"{path}: task must be a task name, a named setting, a tasks/ file or a mapping with name")
+
+
+def first_point(search: dict[str, dict]) -> dict[str, Any]:
+    return {k: (d["values"][0] if d["type"] == "choice" else d["low"]) for k, d in search.items()}
+
+
+# ---------------------------------------------------------------------------------------------- trial -> config
+def trial_config(spec: SweepSpec, cell: str, params: dict[str, Any], seed: int) -> RunConfig:
+    """Plain sampled values -> the run config of one trial (the only place a trial's values go)."""
+    overrides = {k: v for k, v in params.items()}
+    overrides["model.cell"] = cell
+    overrides["train.seed"] = seed
+    if spec.steps:
+        overrides["train.steps"] = spec.steps
+    else:
+        overrides["train.epochs"] = spec.epochs
+    cfg = build_config(spec.task, spec.base, overrides=overrides)
+    if spec.param_match:
+        cfg = build_config(spec.task, spec.base, overrides={**overrides, "model.hidden_size":
+                                                            match_hidden_size(cfg, spec.param_match)})
+    return cfg
+
+
+def recurrent_params(cfg: RunConfig, hidden: int) -> int:
+    """Parameters of the recurrent layers at this hidden size (built on the meta device: no memory)."""
+    import torch
+
+    from .model import SequenceModel
+    from .train import build_task
+
+    task = build_task(cfg)
+    with torch.device("meta"):
+        model = SequenceModel(cfg.model.cell, task.encoding, task.input_size, task.output_size, hidden,
+                              layers=cfg.model.layers, embedding_size=cfg.model.embedding_size,
+                              **cfg.model.cell_options)
+    return sum(p.numel() for p in model.layers.parameters())
+
+
+def match_hidden_size(cfg: RunConfig, target: int) -> int:
+    """The hidden size whose recurrent-layer parameter count is closest to `target`, within ±10%.
+
+    Only the cells' own parameters are matched: the encoder and head are the same function of the hidden
+    size for every cell (Long Range Arena allows ±10%).
+    """
+    lo, hi = 1, 8192
+    while lo < hi:  # smallest h with count >= target (counts grow with h)
+        mid = (lo + hi) // 2
+        if recurrent_params(cfg, mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    best = min({max(1, lo - 1), lo}, key=lambda h: abs(recurrent_params(cfg, h) - target))
+    got = recurrent_params(cfg, best)
+    if abs(got - target) > 0.1 * target:
+        raise SuiteError(f"param_match={target}: cell {cfg.model.cell!r} has no hidden size within ±10% "
+                         f"(closest: hidden_size={best} with {got} parameters)")
+    return best
+
+
+def build_task_and_model(cfg: RunConfig):
+    from .train import build_model, build_task
+
+    task = build_task(cfg)
+    return task, build_model(cfg, task)
+
+
+# ---------------------------------------------------------------------------------------------- Optuna objects
+def distributions(search: dict[str, dict]) -> dict:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for key, d in search.items():
+        if d["type"] == "choice":
+            out[key] = CategoricalDistribution(d["values"])
+        elif d["type"] == "int":
+            out[key] = IntDistribution(d["low"], d["high"], log=bool(d.get("log", False)))
+        else:
+            out[key] = FloatDistribution(d["low"], d["high"], log=d["type"] == "loguniform"
+                                         or bool(d.get("log", False)))
+    return out
+
+
+def make_sampler(spec: SweepSpec):
+    import optuna
+
+    seed = spec.sampler.get("seed", 0)
+    if spec.sampler["name"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Set explicitly: Optuna 5 changed TPE's defaults. Multivariate TPE with constant liar (so parallel
+    # workers do not all sample the same point); random start-up for a third of the budget, at least 2.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                      n_startup_trials=max(2, spec.trials // 3))
+
+
+def make_pruner(spec: SweepSpec):
+    import optuna
+
+    p = spec.pruner
+    if p["name"] == "none":
+        return optuna.pruners.NopPruner()
+    if p["name"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.get("warmup_steps", 0) or 1),
+                                              max_resource=spec.steps or "auto")
+    return optuna.pruners.MedianPruner(n_startup_trials=p.get("startup_trials", 2),
+                                       n_warmup_steps=p.get("warmup_steps", 0))
+
+
+class Sweep:
+    """One sweep against one Optuna storage and one MLflow tracking URI."""
+
+    def __init__(self, spec: SweepSpec, storage_url: str | None = None, tracking_uri: str | None = None):
+        from . import tasks
+        from .storage import open_storage, storage_url as resolve_storage
+        from .tracking import prepare_local_store, resolve_tracking_uri
+
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.spec = spec
+        self.storage_url = resolve_storage(storage_url)
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        prepare_local_store(self.tracking_uri)
+        self.storage = open_storage(self.storage_url)
+        task = tasks.build(**{"name": self.base_config().task.name, **self.base_config().task.options})
+        self.metric = spec.metric or f"val/{task.metric}"
+        self.direction = spec.direction or task.direction
+        self.host = socket.gethostname()
+        self._studies: dict[str, Any] = {}
+        self._client = None
+
+    def base_config(self) -> RunConfig:
+        return build_config(self.spec.task, self.spec.base)
+
+    # ------------------------------------------------------------------ storage objects
+    def study(self, cell: str, phase: str = PHASE_SEARCH):
+        import optuna
+
+        name = self.spec.study_name(cell, phase)
+        if name not in self._studies:
+            self._studies[name] = optuna.create_study(
+                study_name=name, storage=self.storage, direction=self.direction, load_if_exists=True,
+                sampler=make_sampler(self.spec), pruner=make_pruner(self.spec))
+        return self._studies[name]
+
+    @property
+    def client(self):
+        import mlflow
+
+        if self._client is None:
+            self._client = mlflow.MlflowClient(self.tracking_uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        from .tracking import artifact_location
+
+        exp = self.client.get_experiment_by_name(self.spec.name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(self.spec.name, artifact_location=artifact_location(
+                self.tracking_uri), tags={"rnnsuite.sweep": self.spec.name})
+        except Exception:  # another worker created it at the same moment
+            return self.client.get_experiment_by_name(self.spec.name).experiment_id
+
+    def _find_or_create_run(self, level: str, key: str, name: str, parent: str | None, tags: dict) -> str:
+        exp = self.experiment_id()
+        found = self.client.search_runs([exp], f"tags.`rnnsuite.level` = '{level}' and tags.`rnnsuite.key` = "
+                                        f"'{key}'", order_by=["attributes.start_time ASC"], max_results=1)
+        if found:
+            return found[0].info.run_id
+        all_tags = {"rnnsuite.level": level, "rnnsuite.key": key, "sweep": self.spec.name,
+                    "task": self.spec.task_label, **tags}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(exp, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def sweep_run(self) -> str:
+        rid = self._find_or_create_run("sweep", self.spec.name, self.spec.name, None,
+                                       {"description": self.spec.description})
+        return rid
+
+    def study_run(self, cell: str) -> str:
+        name = self.spec.study_name(cell)
+        return self._find_or_create_run("study", name, name, self.sweep_run(), {"cell": cell, "study": name})
+
+    def prepare(self) -> None:
+        """Studies and the parent runs exist before any worker starts (so workers do not race to make them)."""
+        rid = self.sweep_run()
+        run = self.client.get_run(rid)
+        if not run.data.params:
+            params = {"trials_per_cell": self.spec.trials, "steps": self.spec.steps, "epochs": self.spec.epochs,
+                      "cells": ",".join(self.spec.cells), "metric": self.metric, "direction": self.direction,
+                      "sampler": json.dumps(self.spec.sampler), "pruner": json.dumps(self.spec.pruner),
+                      "param_match": self.spec.param_match, "confirm.top_k": self.spec.top_k,
+                      "confirm.seeds": ",".join(map(str, self.spec.seeds)),
+                      "search": json.dumps(self.spec.search)[:6000], "storage": mask(self.storage_url)}
+            for k, v in params.items():
+                self.client.log_param(rid, k, v)
+        if run.info.status != "RUNNING" and not self.done():
+            self.client.update_run(rid, "RUNNING")
+        for cell in self.spec.cells:
+            self.study(cell)
+            self.study_run(cell)
+
+    # ------------------------------------------------------------------ counting
+    def counts(self, cell: str, phase: str = PHASE_SEARCH) -> dict[str, int]:
+        from optuna.trial import TrialState
+
+        trials = self.study(cell, phase).get_trials(deepcopy=False)
+        c = {s: 0 for s in ("complete", "pruned", "running", "waiting", "fail")}
+        for t in trials:
+            c[t.state.name.lower()] = c.get(t.state.name.lower(), 0) + 1
+        if phase == PHASE_CONFIRM:  # count each (rank, seed) once: duplicates can only come from races
+            done = {_confirm_key(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+            c["finished"] = len(done)
+        else:
+            c["finished"] = c["complete"] + c["pruned"]
+        return c
+
+    def search_done(self, cell: str) -> bool:
+        c = self.counts(cell)
+        return c["finished"] >= self.spec.trials and c["running"] == 0
+
+    def done(self) -> bool:
+        for cell in self.spec.cells:
+            planned = self.confirm_planned(cell)
+            if not self.search_done(cell) or planned is None:
+                return False
+            c = self.counts(cell, PHASE_CONFIRM)
+            if c["finished"] < planned or c["running"]:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ stale trials
+    def reap(self, cell: str, phase: str) -> int:
+        """Fail RUNNING trials whose worker is gone; end their MLflow runs KILLED; enqueue them again."""
+        from optuna.trial import TrialState
+
+        study = self.study(cell, phase)
+        lost = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not self._is_lost(t):
+                continue
+            try:  # attributes first: a finished trial cannot be updated
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker lost (killed or crashed)")
+                if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    continue
+            except Exception:  # another worker reaped it first
+                continue
+            run_id = t.user_attrs.get("mlflow_run_id")
+            if run_id:
+                try:
+                    if self.client.get_run(run_id).info.status == "RUNNING":
+                        self.client.set_terminated(run_id, "KILLED")
+                        self.client.set_tag(run_id, "failure.reason", "worker lost; trial retried")
+                except Exception:
+                    pass
+            self._retry(study, t)
+            lost += 1
+        return lost
+
+    def _is_lost(self, t) -> bool:
+        worker = t.user_attrs.get("worker", "")
+        beat = float(t.user_attrs.get("heartbeat", 0) or 0)
+        host, _, pid = worker.rpartition(":")
+        if host == self.host and pid.isdigit():
+            return not _pid_alive(int(pid))
+        started = t.datetime_start.timestamp() if t.datetime_start else 0
+        return time.time() - max(beat, started) > GRACE
+
+    def _retry(self, study, t) -> None:
+        tries = int(t.user_attrs.get("retries", 0)) + 1
+        if tries > MAX_RETRIES:
+            return
+        attrs = {k: v for k, v in t.user_attrs.items() if k in ("config", "seed", "rank", "source_trial")}
+        attrs.update(retries=tries, retry_of=t.number)
+        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+
+    # ------------------------------------------------------------------ confirmation queue
+    def ensure_confirm_queue(self, cell: str) -> None:
+        """Enqueue the top-k configurations x seeds once the search of `cell` is finished."""
+        from optuna.trial import TrialState
+
+        confirm = self.study(cell, PHASE_CONFIRM)
+        if confirm.get_trials(deepcopy=False):
+            return
+        search = self.study(cell)
+        complete = [t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.value is not None and math.isfinite(t.value)]
+        complete.sort(key=lambda t: t.value, reverse=self.direction == "maximize")
+        chosen = complete[: self.spec.top_k]
+        if len(chosen) < self.spec.top_k:  # too few completed (pruned/diverged): fill with the best pruned
+            pruned = [t for t in search.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                      if t.intermediate_values]
+            pruned.sort(key=lambda t: list(t.intermediate_values.values())[-1],
+                        reverse=self.direction == "maximize")
+            chosen += pruned[: self.spec.top_k - len(chosen)]
+        for rank, t in enumerate(chosen):
+            for seed in self.spec.seeds:
+                confirm.enqueue_trial({}, user_attrs={"config": json.dumps(t.params), "seed": seed,
+                                                      "rank": rank, "source_trial": t.number}, skip_if_exists=False)
+        # every search trial diverged: nothing can be confirmed, and the sweep must still be able to end
+        confirm.set_user_attr("planned", len(chosen) * len(self.spec.seeds))
+        self._log_best(cell, search)
+
+    def confirm_planned(self, cell: str) -> int | None:
+        """How many confirmation runs the cell gets (top_k x seeds, fewer if too few trials completed);
+        None until its search has finished."""
+        planned = self.study(cell, PHASE_CONFIRM).user_attrs.get("planned")
+        return None if planned is None else int(planned)
+
+    def _log_best(self, cell: str, search) -> None:
+        try:
+            best = search.best_trial
+        except ValueError:
+            return
+        rid = self.study_run(cell)
+        self.client.log_metric(rid, "best/value", best.value)
+        self.client.log_param(rid, "best.trial", best.number)
+        for k, v in best.params.items():
+            self.client.log_param(rid, f"best.{k}", v)
+
+    # ------------------------------------------------------------------ the worker
+    def work(self, progress=None) -> None:
+        """Run trials until nothing is left that this worker can start; wait while others still run."""
+        while True:
+            job = self._next_job()
+            if job is None:
+                if self._anything_running():
+                    time.sleep(2.0)
+                    continue
+                return
+            cell, phase = job
+            self.run_trial(cell, phase)
+            if progress:
+                progress()
+
+    def _anything_running(self) -> bool:
+        for cell in self.spec.cells:
+            for phase in (PHASE_SEARCH, PHASE_CONFIRM):
+                self.reap(cell, phase)
+                if self.counts(cell, phase)["running"]:
+                    return True
+        return False
+
+    def _next_job(self) -> tuple[str, str] | None:
+        order = []
+        for cell in self.spec.cells:
+            self.reap(cell, PHASE_SEARCH)
+            c = self.counts(cell)
+            if c["finished"] + c["running"] < self.spec.trials:
+                order.append((c["finished"] + c["running"], cell))
+        if order:  # the cell with the fewest trials first: every cell advances at the same pace
+            return min(order)[1], PHASE_SEARCH
+        for cell in self.spec.cells:
+            if not self.search_done(cell):
+                continue
+            self.ensure_confirm_queue(cell)
+            self.reap(cell, PHASE_CONFIRM)
+            if self.counts(cell, PHASE_CONFIRM)["waiting"]:
+                return cell, PHASE_CONFIRM
+        return None
+
+    def run_trial(self, cell: str, phase: str) -> None:
+        from optuna.trial import TrialState
+
+        study = self.study(cell, phase)
+        if phase == PHASE_SEARCH:
+            trial = study.ask(distributions(self.spec.search))
+            if not self._within_budget(study, trial):
+                study.tell(trial, state=TrialState.FAIL)
+                return
+        else:
+            trial = study.ask()
+            if "config" not in trial.user_attrs or self._duplicate_confirm(study, trial):
+                study.tell(trial, state=TrialState.FAIL)  # raced past the queue: no training was done
+                return
+        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
+        trial.set_user_attr("heartbeat", time.time())
+        if phase == PHASE_SEARCH:
+            params, seed = dict(trial.params), self.base_config().train.seed
+        else:
+            params, seed = json.loads(trial.user_attrs["config"]), int(trial.user_attrs["seed"])
+        beat = _Heartbeat(trial)
+        beat.start()
+        try:
+            outcome, value, reason = self._train(cell, phase, trial, params, seed)
+        except KeyboardInterrupt:
+            beat.stop()
+            study.tell(trial, state=TrialState.FAIL)
+            self._retry(study, trial_frozen(study, trial))
+            raise
+        except Exception as exc:  # a crash: the trial does not count and is retried
+            beat.stop()
+            trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
+            study.tell(trial, state=TrialState.FAIL)
+            self._retry(study, trial_frozen(study, trial))
+            print(f"rnnsuite: trial {study.study_name}#{trial.number} crashed: {exc.__class__.__name__}: "
+                  f"{mask(str(exc)).splitlines()[0][:200] if str(exc) else ''}", file=sys.stderr)
+            return
+        beat.stop()
+        if outcome == "finished" and value is not None and math.isfinite(value):
+            study.tell(trial, value)
+        elif outcome in ("finished", "pruned", "diverged"):
+            if reason:
+                trial.set_user_attr("pruned_reason", reason)
+            study.tell(trial, state=TrialState.PRUNED)
+        else:  # killed
+            study.tell(trial, state=TrialState.FAIL)
+            self._retry(study, trial_frozen(study, trial))
+            raise KeyboardInterrupt
+
+    def _within_budget(self, study, trial) -> bool:
+        from optuna.trial import TrialState
+
+        live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                        TrialState.RUNNING))
+        numbers = sorted(t.number for t in live)
+        ok = trial.number in numbers[: self.spec.trials]
+        if not ok:
+            trial.set_user_attr("fail_reason", "budget already taken by another worker; not trained")
+        return ok
+
+    def _duplicate_confirm(self, study, trial) -> bool:
+        from optuna.trial import TrialState
+
+        key = _confirm_key(trial)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                          TrialState.RUNNING)):
+            if t.number < trial.number and _confirm_key(t) == key:
+                trial.set_user_attr("fail_reason", "duplicate confirmation run; not trained")
+                return True
+        return False
+
+    def _train(self, cell, phase, trial, params, seed):
+        from .train import run
+
+        cfg = trial_config(self.spec, cell, params, seed)
+        study_name = self.spec.study_name(cell, phase)
+        cfg.tracking.uri = self.tracking_uri
+        cfg.tracking.experiment = self.spec.name
+        label = f"{cell}-t{trial.number}" if phase == PHASE_SEARCH else \
+            f"{cell}-confirm-r{trial.user_attrs['rank']}-s{seed}"
+        cfg.tracking.run_name = label
+        tags = {"sweep": self.spec.name, "task": self.spec.task_label, "cell": cell, "study": study_name,
+                "trial": str(trial.number), "phase": phase, "seed": str(seed), "rnnsuite.level": "trial"}
+        if phase == PHASE_CONFIRM:
+            tags.update({"confirm.rank": str(trial.user_attrs["rank"]),
+                         "confirm.source_trial": str(trial.user_attrs["source_trial"])})
+        trial.set_user_attr("hidden_size", cfg.model.hidden_size)
+        callbacks = [_RecordRunId(trial)]
+        if phase == PHASE_SEARCH:
+            callbacks.append(OptunaPruning(trial, self.metric, self.spec.pruner.get("warmup_steps", 0)))
+        result = run(cfg, tags=tags, callbacks=callbacks, parent_run_id=self.study_run(cell))
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        value = result.metrics.get(self.metric)
+        if value is not None:
+            trial.set_user_attr("value", value)
+        return result.outcome, value, result.reason
+
+    # ------------------------------------------------------------------ summary
+    def summary_rows(self) -> list[dict]:
+        import statistics
+
+        from optuna.trial import TrialState
+
+        rows = []
+        for cell in self.spec.cells:
+            c = self.counts(cell)
+            best = None
+            try:
+                best = self.study(cell).best_value
+            except ValueError:
+                pass
+            conf = [t.value for t in self.study(cell, PHASE_CONFIRM).get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+            rows.append({"cell": cell, "complete": c["complete"], "pruned": c["pruned"], "failed": c["fail"],
+                         "best": best, "confirm_n": len(conf),
+                         "confirm_mean": statistics.fmean(conf) if conf else None,
+                         "confirm_sd": statistics.stdev(conf) if len(conf) > 1 else None})
+        return rows
+
+    def finish(self) -> None:
+        """Log each study's confirmation summary; end the parent runs FINISHED."""
+        for row in self.summary_rows():
+            rid = self.study_run(row["cell"])
+            if row["confirm_mean"] is not None:
+                self.client.log_metric(rid, "confirm/mean", row["confirm_mean"])
+                self.client.log_metric(rid, "confirm/n", row["confirm_n"])
+                if row["confirm_sd"] is not None:
+                    self.client.log_metric(rid, "confirm/sd", row["confirm_sd"])
+            if self.client.get_run(rid).info.status != "FINISHED":
+                self.client.set_terminated(rid, "FINISHED")
+        rid = self.sweep_run()
+        if self.client.get_run(rid).info.status != "FINISHED":
+            self.client.set_terminated(rid, "FINISHED")
+
+    def progress_line(self) -> str:
+        parts = []
+        for cell in self.spec.cells:
+            c = self.counts(cell)
+            f = self.counts(cell, PHASE_CONFIRM)["finished"]
+            best = ""
+            try:
+                best = f" best {self.study(cell).best_value:.4g}"
+            except ValueError:
+                pass
+            planned = self.confirm_planned(cell)
+            planned = self.spec.confirm_runs if planned is None else planned
+            parts.append(f"{cell} {c['finished']}/{self.spec.trials}{best} +{f}/{planned}")
+        return f"[{self.spec.name}] " + " | ".join(parts)
+
+
+def trial_frozen(study, trial):
+    return study._storage.get_trial(trial._trial_id)
+
+
+def _confirm_key(t) -> tuple:
+    return (t.user_attrs.get("rank"), t.user_attrs.get("seed"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Heartbeat:
+    def __init__(self, trial):
+        self.trial = trial
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                self.trial.set_user_attr("heartbeat", time.time())
+            except Exception:
+                pass  # a database hiccup: the next beat retries
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class OptunaPruning(pl.Callback):
+    """Reports the objective at each validation of the fit and prunes (as optuna-integration's callback, but a
+    pruned trial ends its MLflow run FINISHED with pruned.* tags instead of as an error)."""
+
+    def __init__(self, trial, monitor: str, warmup_steps: int = 0):
+        self.trial, self.monitor, self.warmup = trial, monitor, warmup_steps
+
+    def on_validation_end(self, trainer, module):
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        step = trainer.global_step
+        self.trial.report(float(value), step)
+        if step >= self.warmup and self.trial.should_prune():
+            raise PrunedRun(f"pruned at step {step} ({self.monitor}={float(value):.4g})", step)
+
+
+class _RecordRunId(pl.Callback):
+    """The trial knows its MLflow run from the start, so a killed trial's run can be ended KILLED."""
+
+    def __init__(self, trial):
+        self.trial = trial
+
+    def setup(self, trainer, module, stage):
+        if trainer.logger is not None:
+            self.trial.set_user_attr("mlflow_run_id", trainer.logger.run_id)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers: int = 1,
+              worker_only: bool = False) -> int:
+    spec = load_sweep(path)
+    sweep = Sweep(spec, storage, tracking_uri)
+    if worker_only:
+        sweep.work()
+        return 0
+    sweep.prepare()
+    if sweep.done():
+        sweep.finish()
+        print(f"sweep {spec.name}: nothing to do ({spec.trials} trials and up to {spec.confirm_runs} "
+              "confirmation runs per cell are finished)")
+        _print_summary(sweep)
+        return 0
+    started = time.time()
+    if workers <= 1:
+        print(sweep.progress_line(), flush=True)
+        sweep.work(progress=lambda: print(sweep.progress_line() + f"  [{_elapsed(started)}]", flush=True))
+    else:
+        _run_workers(sweep, path, storage, tracking_uri, workers, started)
+    if not sweep.done():
+        print(f"rnnsuite: sweep {spec.name} stopped before its budget was spent; run the same command to resume",
+              file=sys.stderr)
+        return 1
+    sweep.finish()
+    print(f"sweep {spec.name} finished in {_elapsed(started)}")
+    _print_summary(sweep)
+    return 0
+
+
+def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, started) -> None:
+    import torch
+
+    gpus = torch.cuda.device_count()
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker per GPU
+        cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet"]
+        if storage:
+            cmd += ["--storage", storage]
+        if tracking_uri:
+            cmd += ["--tracking-uri", tracking_uri]
+        procs.append(subprocess.Popen(cmd, env=env))
+    last = ""
+    try:
+        while any(p.poll() is None for p in procs):
+            line = sweep.progress_line()
+            if line != last:
+                print(line + f"  [{_elapsed(started)}]", flush=True)
+                last = line
+            time.sleep(3.0)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    print(sweep.progress_line() + f"  [{_elapsed(started)}]", flush=True)
+
+
+def _elapsed(start: float) -> str:
+    s = int(time.time() - start)
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _print_summary(sweep: Sweep) -> None:
+    rows = sweep.summary_rows()
+    print(f"{'cell':<17}{'complete':>9}{'pruned':>8}{'failed':>8}{'best search':>13}   confirm "
+          f"({sweep.metric}, mean ± sd, n)")
+    for r in rows:
+        conf = f"{_fmt(r['confirm_mean'])} ± {_fmt(r['confirm_sd'])} (n={r['confirm_n']})"
+        print(f"{r['cell']:<17}{r['complete']:>9}{r['pruned']:>8}{r['failed']:>8}{_fmt(r['best']):>13}   {conf}")

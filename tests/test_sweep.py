@@ -1,0 +1,232 @@
+"""Sweeps on the embedded stores: equal budgets, pruning of diverged trials, nested runs, parameter matching,
+a SIGKILLed sweep resumed, several workers."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from suite import cells
+from suite.config import build_config
+from suite.registry import SuiteError
+from suite.sweep import Sweep, load_sweep, match_hidden_size, recurrent_params
+
+TINY = {
+    "name": "tiny",
+    "task": "adding",
+    "base": {"task": {"length": 12, "batch_size": 16, "val_size": 64},
+             "model": {"hidden_size": 8},
+             "train": {"val_every": 10, "diag_every": 0, "log_every": 5, "progress": False}},
+    "cells": ["gru", "sgru"],
+    "budget": {"trials": 3, "steps": 20},
+    "search": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}},
+    "sampler": {"name": "random", "seed": 0},
+    "pruner": {"name": "none"},
+    "confirm": {"top_k": 1, "seeds": 2},
+}
+
+
+def write(tmp_path, spec, name="sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def stores(tmp_path):
+    return str(tmp_path / "optuna.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def cli(*args, cwd, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "suite", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def assert_exact(storage, tracking, spec, cells_=None):
+    """Every study has exactly its budget finished, nothing RUNNING anywhere, every trial run accounted for."""
+    client = mlflow.MlflowClient(tracking)
+    exp = client.get_experiment_by_name(spec["name"])
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    assert not [r for r in runs if r.info.status == "RUNNING"], "an MLflow run was left RUNNING"
+    store = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)) \
+        if "://" not in storage else storage
+    for cell in cells_ or spec["cells"]:
+        name = f"{spec['name']}/adding/{cell}"
+        study = optuna.load_study(study_name=name, storage=store)
+        states = [t.state for t in study.trials]
+        finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+        assert finished == spec["budget"]["trials"], (cell, states)
+        assert TrialState.RUNNING not in states
+        confirm = optuna.load_study(study_name=name + "/confirm", storage=store)
+        keys = [(t.user_attrs["rank"], t.user_attrs["seed"]) for t in confirm.trials
+                if t.state == TrialState.COMPLETE]
+        assert sorted(keys) == sorted(set(keys)) and len(keys) == spec["confirm"]["seeds"]
+        # one MLflow trial run per trained trial, none duplicated
+        trial_runs = [r for r in runs if r.data.tags.get("study") == name and r.info.status != "KILLED"
+                      and r.data.tags.get("rnnsuite.level") == "trial"]
+        numbers = [r.data.tags["trial"] for r in trial_runs]
+        assert len(numbers) == len(set(numbers)) == finished
+    return runs
+
+
+def test_equal_budgets_and_nested_runs(tmp_path):
+    storage, tracking = stores(tmp_path)
+    out = cli("sweep", str(write(tmp_path, TINY)), "--storage", storage, "--tracking-uri", tracking, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    runs = assert_exact(storage, tracking, TINY)
+    by_id = {r.info.run_id: r for r in runs}
+    sweeps = [r for r in runs if r.data.tags.get("rnnsuite.level") == "sweep"]
+    studies = [r for r in runs if r.data.tags.get("rnnsuite.level") == "study"]
+    trials = [r for r in runs if r.data.tags.get("rnnsuite.level") == "trial"]
+    assert len(sweeps) == 1 and len(studies) == 2 and len(trials) == 2 * (3 + 2)
+    assert sweeps[0].info.status == "FINISHED"
+    for s in studies:
+        assert s.data.tags["mlflow.parentRunId"] == sweeps[0].info.run_id
+        assert "best/value" in s.data.metrics and "confirm/mean" in s.data.metrics
+        assert s.info.status == "FINISHED"
+    for t in trials:
+        parent = by_id[t.data.tags["mlflow.parentRunId"]]
+        assert parent.data.tags["rnnsuite.level"] == "study" and parent.data.tags["cell"] == t.data.tags["cell"]
+        for tag in ("sweep", "task", "cell", "study", "trial", "phase", "seed"):
+            assert tag in t.data.tags, tag
+        assert t.data.params["train.steps"] == "20"  # the same budget for every trial
+    confirm = [t for t in trials if t.data.tags["phase"] == "confirm"]
+    assert sorted({t.data.tags["seed"] for t in confirm}) == ["1", "2"]
+    # re-running a finished sweep does nothing, quickly
+    start = time.time()
+    again = cli("sweep", str(tmp_path / "sweep.yaml"), "--storage", storage, "--tracking-uri", tracking,
+                cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert time.time() - start < 30
+    assert len(mlflow.MlflowClient(tracking).search_runs([sweeps[0].info.experiment_id])) == len(runs)
+
+
+def test_diverged_trials_are_pruned_with_their_reason(tmp_path):
+    spec = dict(TINY, name="nan", cells=["rnn_tanh"], budget={"trials": 2, "steps": 20},
+                search={"optim.lr": {"type": "choice", "values": [1.0e30]}})
+    spec["base"] = dict(TINY["base"], optim={"name": "sgd", "clip": 0.0})
+    storage, tracking = stores(tmp_path)
+    out = cli("sweep", str(write(tmp_path, spec)), "--storage", storage, "--tracking-uri", tracking, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    study = optuna.load_study(study_name="nan/adding/rnn_tanh", storage=optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert all("diverged: loss is" in t.user_attrs["pruned_reason"] for t in study.trials)
+
+
+@pytest.mark.parametrize("name", cells.names())
+def test_param_matching_within_ten_percent(name):
+    cfg = build_config({"task": {"name": "copy", "length": 10}, "model": {"cell": name}})
+    target = 20000
+    h = match_hidden_size(cfg, target)
+    assert abs(recurrent_params(cfg, h) - target) <= 0.1 * target
+
+
+def test_param_matching_is_used_by_trials(tmp_path):
+    spec = dict(TINY, param_match=3000, cells=["lstm", "mgu"])
+    loaded = load_sweep(write(tmp_path, spec))
+    from suite.sweep import trial_config
+
+    for cell in ("lstm", "mgu"):
+        cfg = trial_config(loaded, cell, {"optim.lr": 0.01}, 0)
+        assert abs(recurrent_params(cfg, cfg.model.hidden_size) - 3000) <= 300
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"unknown": 1}, "unknown sweep key 'unknown'"),
+    ({"cells": ["gru", "grux"]}, "unknown cell 'grux'"),
+    ({"budget": {"trials": 0, "steps": 10}}, "budget.trials must be a positive integer"),
+    ({"budget": {"trials": 2}}, "budget needs exactly one of steps or epochs"),
+    ({"search": {"optim.lr": {"type": "gaussian", "low": 1, "high": 2}}}, "search.optim.lr.type='gaussian'"),
+    ({"search": {"optim.lr": {"type": "loguniform", "low": 0, "high": 1}}}, "loguniform needs low > 0"),
+    ({"search": {"optim.lr": {"type": "uniform", "low": 2, "high": 1}}}, "low must be below high"),
+    ({"search": {"optim.lrr": {"type": "uniform", "low": 0.1, "high": 1}}}, "unknown config key 'optim.lrr'"),
+    ({"sampler": {"name": "cmaes"}}, "sampler.name='cmaes'"),
+    ({"pruner": {"name": "median", "patience": 3}}, "unknown pruner key 'patience'"),
+    ({"confirm": {"top_k": 9}}, "confirm.top_k must be an integer in [1, budget.trials]"),
+    ({"task": "nosuchtask"}, "unknown task 'nosuchtask'"),
+])
+def test_bad_sweep_files_are_refused_naming_the_key(tmp_path, change, message):
+    with pytest.raises(SuiteError) as err:
+        load_sweep(write(tmp_path, {**TINY, **change}))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change,message", [({"unknown": 1}, "unknown sweep key 'unknown'"),
+                                            ({"cells": ["gru", "grux"]}, "unknown cell 'grux'")])
+def test_bad_sweep_file_exits_2_with_one_line_and_writes_nothing(tmp_path, change, message):
+    path = write(tmp_path, {**TINY, **change})
+    before = set(tmp_path.iterdir())
+    out = cli("sweep", str(path), cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert set(tmp_path.iterdir()) == before  # no database, journal or run folder
+
+
+def test_bad_storage_scheme(tmp_path):
+    out = cli("sweep", str(write(tmp_path, TINY)), "--storage", "redis://localhost/0", cwd=tmp_path)
+    assert out.returncode == 2 and "unsupported scheme 'redis'" in out.stderr
+
+
+def _running_trial(storage, study_name):
+    store = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=store)
+    except KeyError:
+        return None
+    running = [t for t in study.trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+    return running[0] if running else None
+
+
+def test_sigkilled_sweep_resumes_with_exact_budgets(tmp_path):
+    spec = dict(TINY, name="kill", cells=["gru"], budget={"trials": 3, "steps": 400})
+    path = write(tmp_path, spec)
+    storage, tracking = stores(tmp_path)
+    cmd = [sys.executable, "-m", "suite", "sweep", str(path), "--storage", storage, "--tracking-uri", tracking]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        victim = None
+        while time.time() < deadline and victim is None:
+            time.sleep(0.5)
+            t = _running_trial(storage, "kill/adding/gru")
+            if t is not None and t.number >= 1:  # mid-sweep: one trial done, the next one training
+                victim = t
+        assert victim is not None, "no trial was ever seen running"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    client = mlflow.MlflowClient(tracking)
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"  # left behind by the kill
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert_exact(storage, tracking, spec)
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    study = optuna.load_study(study_name="kill/adding/gru", storage=optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [victim.number]
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retried) == 1 and retried[0].params == victim.params  # the lost configuration ran again
+
+
+def test_four_workers_share_a_sweep_with_exact_counts(tmp_path):
+    spec = dict(TINY, name="four", cells=["gru", "sgru", "mgu"], budget={"trials": 4, "steps": 20})
+    storage, tracking = stores(tmp_path)
+    out = cli("sweep", str(write(tmp_path, spec)), "--storage", storage, "--tracking-uri", tracking,
+              "--workers", "4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "database is locked" not in out.stderr and "Traceback" not in out.stderr
+    assert_exact(storage, tracking, spec)
