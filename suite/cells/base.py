@@ -191,7 +191,7 @@ class RecurrentCell(nn.Module):
         """Chrono initialisation (Tallec & Ollivier 2018): the keep gate starts near 1 - 1/T for T in [2, T_max].
 
         b = log U[1, T_max - 1] goes, with the cell's sign, into the bias of the gate that keeps the state, so
-        that the keep gate's value sigma(b) = 1 - 1/(1 + e^b) lies in [1/2, 1 - 1/(T_max - 1)].
+        that the keep gate's value sigma(b) = 1 - 1/(1 + e^b) lies in [1/2, 1 - 1/T_max].
         """
         targets = self.chrono_targets()
         with torch.no_grad():
