@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no per-trial progress bars")
     p.set_defaults(func=_cmd_sweep)
+
+    from . import ui
+
+    ui.add_parser(sub)
     return parser
 
 
