@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .registry import SuiteError
-from .tracking import mask, runs_dir
+from .tracking import mask, runs_dir, sqlalchemy_url
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
@@ -58,6 +58,7 @@ def open_storage(url: str | None = None, *, create: bool = True):
         raise SuiteError(f"no Optuna database at {url[len('sqlite:///'):]}")
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    url = sqlalchemy_url(url)
     kwargs = {"pool_pre_ping": True}  # reconnect after a database restart instead of failing the worker
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}

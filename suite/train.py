@@ -24,8 +24,8 @@ from .diagnostics import DiagnosticsCallback
 from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .registry import SuiteError
-from .tracking import (SuiteLogger, artifact_location, git_commit, mask, prepare_local_store,
-                       resolve_tracking_uri, runs_dir)
+from .logger import SuiteLogger
+from .tracking import artifact_location, git_commit, mask, prepare_local_store, resolve_tracking_uri, runs_dir
 
 STATUS_FINISHED, STATUS_FAILED, STATUS_KILLED = "FINISHED", "FAILED", "KILLED"
 
