@@ -230,3 +230,9 @@ def test_four_workers_share_a_sweep_with_exact_counts(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "database is locked" not in out.stderr and "Traceback" not in out.stderr
     assert_exact(storage, tracking, spec)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_load(path):
+    spec = load_sweep(path)
+    assert spec.trials > 0 and spec.cells
