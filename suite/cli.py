@@ -36,6 +36,12 @@ def _cmd_list(args) -> int:
         print("task settings (--task NAME):")
         for name, (_, description) in tasks.named_settings().items():
             print(f"  {name:<17} {description}")
+    if what in ("all", "sweeps"):
+        from .config import shipped_sweeps
+
+        print("sweeps (rnnsuite sweep sweeps/FILE.yaml):")
+        for path, description in shipped_sweeps().items():
+            print(f"  {path:<24} {description}")
     return 0
 
 
@@ -59,6 +65,8 @@ def _cmd_train(args) -> int:
                       "train.seed": args.seed, "tracking.uri": args.tracking_uri,
                       "tracking.experiment": args.experiment, "train.device": args.device}
         overrides.update({k: v for k, v in shorthands.items() if v is not None})
+        if args.steps is not None:  # --steps N means "train N steps", also on a setting that counts epochs
+            overrides["train.epochs"] = 0
         cfg = build_config(*layers, overrides=overrides)
     from .train import run
 
@@ -105,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rnnsuite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("list", help="cells, tasks and named settings with one-line descriptions")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "cells", "tasks"])
+    p = sub.add_parser("list", help="cells, tasks, named settings and shipped sweeps with one-line descriptions")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "cells", "tasks", "sweeps"])
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("train", help="train one cell on one task, tracked in MLflow",
@@ -142,10 +150,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-trial progress bars")
     p.set_defaults(func=_cmd_sweep)
 
+    p = sub.add_parser("report", help="turn a sweep into an HTML + Markdown comparison report with CSVs",
+                       description="Read a sweep's MLflow runs and Optuna studies and write index.html (self-"
+                       "contained), report.md with PNG figures, and CSVs of every table to DIR; the same files "
+                       "are logged as artifacts of the sweep's parent MLflow run. Works on a sweep still running.")
+    p.add_argument("name", help="the sweep's name (the `name:` of its sweep file), or a sweep file")
+    p.add_argument("-o", "--output", metavar="DIR", help="output folder (default reports/NAME)")
+    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    p.add_argument("--reference", default="gru", help="the cell every other cell is tested against (default gru)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bench", help="speed, memory, scaling and tracking-overhead benchmarks (JSON)",
+                       description="Time every cell against nn.GRU and nn.LSTM in one process (warm-up, "
+                       "interleaved repeats, medians), scaling in T and H, parallel scans, the tracking overhead "
+                       "of the training pipeline and data generation. Ratios are what count.")
+    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every figure")
+    p.add_argument("--quick", action="store_true", help="a reduced run (under two minutes on 2 CPU cores)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to measure")
+    p.set_defaults(func=_cmd_bench)
+
     from . import ui
 
     ui.add_parser(sub)
     return parser
+
+
+def _cmd_report(args) -> int:
+    from .report import run_report
+
+    return run_report(args)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ SCHEDULES = ("constant", "step", "cosine", "warmup")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("32", "bf16-mixed")
 INITS = ("orthogonal", "uniform")
+SWEEPS_DIR = Path(__file__).parent / "sweeps"  # shipped sweep files (the checkout's top-level sweeps/ links here)
 
 
 @dataclass
@@ -281,3 +282,27 @@ def validate(cfg: RunConfig) -> None:
         raise SuiteError(f"train.seed must be >= 0, got {t.seed!r}")
     if not cfg.task.name or not isinstance(cfg.task.name, str):
         raise SuiteError("task.name must name a task (rnnsuite list tasks)")
+
+
+def shipped_sweeps() -> dict[str, str]:
+    """``sweeps/NAME.yaml`` -> its description, for every sweep file shipped with the package."""
+    out = {}
+    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
+        try:
+            description = str((yaml.safe_load(path.read_text()) or {}).get("description", ""))
+        except (OSError, yaml.YAMLError):
+            description = "(unreadable)"
+        out[f"sweeps/{path.name}"] = description
+    return out
+
+
+def find_sweep_file(name_or_path: str | Path) -> Path:
+    """A sweep file path as given, else a shipped sweep by name (``smoke`` or ``sweeps/smoke.yaml``)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = SWEEPS_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    if shipped.is_file() and (len(p.parts) == 1 or p.parent.name == "sweeps"):
+        return shipped
+    names = ", ".join(Path(k).stem for k in shipped_sweeps())
+    raise SuiteError(f"sweep file {str(p)!r} does not exist; shipped sweeps: {names}")

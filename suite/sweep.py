@@ -82,6 +82,9 @@ def _need(cond: bool, message: str) -> None:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; every problem is one line naming the key. Nothing is written."""
+    from .config import find_sweep_file
+
+    path = find_sweep_file(path)
     data = load_yaml(path)
     unknown = sorted(set(data) - set(SPEC_KEYS))
     _need(not unknown, f"{path}: unknown sweep key {unknown[0]!r}; accepted: {', '.join(SPEC_KEYS)}"
@@ -243,8 +246,9 @@ def trial_config(spec: SweepSpec, cell: str, params: dict[str, Any], seed: int) 
     overrides = {k: v for k, v in params.items()}
     overrides["model.cell"] = cell
     overrides["train.seed"] = seed
-    if spec.steps:
+    if spec.steps:  # the budget decides, whatever the task setting says (ptb-word counts epochs)
         overrides["train.steps"] = spec.steps
+        overrides["train.epochs"] = 0
     else:
         overrides["train.epochs"] = spec.epochs
     cfg = build_config(spec.task, spec.base, overrides=overrides)
@@ -744,6 +748,17 @@ class Sweep:
             parts.append(f"{cell} {c['finished']}/{self.spec.trials}{best} +{f}/{planned}")
         return f"[{self.spec.name}] " + " | ".join(parts)
 
+    def runs_done(self) -> tuple[int, int]:
+        """(finished runs, planned runs) over every cell, search and confirmation together."""
+        done = total = 0
+        for cell in self.spec.cells:
+            done += min(self.counts(cell)["finished"], self.spec.trials)
+            planned = self.confirm_planned(cell)
+            planned = self.spec.confirm_runs if planned is None else planned
+            done += min(self.counts(cell, PHASE_CONFIRM)["finished"], planned)
+            total += self.spec.trials + planned
+        return done, total
+
 
 def trial_frozen(study, trial):
     return study._storage.get_trial(trial._trial_id)
@@ -829,12 +844,13 @@ def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers:
               "confirmation runs per cell are finished)")
         _print_summary(sweep)
         return 0
-    started = time.time()
+    clock = _Clock(sweep)
+    started = clock.started
     if workers <= 1:
         print(sweep.progress_line(), flush=True)
-        sweep.work(progress=lambda: print(sweep.progress_line() + f"  [{_elapsed(started)}]", flush=True))
+        sweep.work(progress=lambda: print(sweep.progress_line() + clock.suffix(), flush=True))
     else:
-        _run_workers(sweep, path, storage, tracking_uri, workers, started)
+        _run_workers(sweep, path, storage, tracking_uri, workers, clock)
     if not sweep.done():
         print(f"rnnsuite: sweep {spec.name} stopped before its budget was spent; run the same command to resume",
               file=sys.stderr)
@@ -845,7 +861,24 @@ def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers:
     return 0
 
 
-def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, started) -> None:
+class _Clock:
+    """Elapsed time and an ETA from the runs finished since this command started (resumed sweeps included)."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self.started = time.time()
+        self.done0 = sweep.runs_done()[0]
+
+    def suffix(self) -> str:
+        done, total = self.sweep.runs_done()
+        text = f"  [{done}/{total} runs, {_elapsed(self.started)}"
+        if done > self.done0 and done < total:
+            rate = (time.time() - self.started) / (done - self.done0)
+            text += f", ETA {_duration(rate * (total - done))}"
+        return text + "]"
+
+
+def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clock) -> None:
     import torch
 
     gpus = torch.cuda.device_count()
@@ -865,7 +898,7 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, started) ->
         while any(p.poll() is None for p in procs):
             line = sweep.progress_line()
             if line != last:
-                print(line + f"  [{_elapsed(started)}]", flush=True)
+                print(line + clock.suffix(), flush=True)
                 last = line
             time.sleep(3.0)
     except KeyboardInterrupt:
@@ -874,12 +907,16 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, started) ->
         for p in procs:
             p.wait()
         raise
-    print(sweep.progress_line() + f"  [{_elapsed(started)}]", flush=True)
+    print(sweep.progress_line() + clock.suffix(), flush=True)
 
 
 def _elapsed(start: float) -> str:
-    s = int(time.time() - start)
-    return f"{s // 60}m{s % 60:02d}s"
+    return _duration(time.time() - start)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def _fmt(v) -> str:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
            ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=monitor,
                            mode="min" if task.direction == "minimize" else "max", save_last=True,
                            save_top_k=1, auto_insert_metric_name=False),
-           _InterruptCheckpoint(ckpt_dir), *(callbacks or [])]
+           _InterruptCheckpoint(ckpt_dir), StepTimer(cfg.train.log_every), *(callbacks or [])]
     trainer = pl.Trainer(**_trainer_args(cfg, task, device), logger=logger, callbacks=cbs)
 
     result = RunResult(run_id, STATUS_FINISHED)
@@ -289,6 +290,45 @@ def _last_val_step(trainer) -> int | None:
 def _diag_batch(task, size: int):
     """The fixed diagnostic batch: the first `size` sequences of the first validation batch."""
     return split_batch(task.val_batches("cpu")[0], size)[0]
+
+
+class StepTimer(pl.Callback):
+    """time/step_ms: wall milliseconds per optimizer step over each logging interval, validation excluded
+    (diagnostics included: they are part of what a trial costs); time/train_s: their sum over the run, from the
+    start of training to the end of its last step."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.total = 0.0  # seconds of training so far (this process)
+        self._mark = self._val_start = self._val = self._interval = 0.0
+        self._steps = 0
+
+    def on_train_start(self, trainer, module):
+        self._mark = time.perf_counter()
+
+    def on_validation_start(self, trainer, module):
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, module):
+        if trainer.state.fn == "fit":
+            self._val += time.perf_counter() - self._val_start
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        self._interval += now - self._mark - self._val
+        self._mark, self._val = now, 0.0
+        self._steps += 1
+        if trainer.global_step % self.every == 0 and trainer.logger is not None:
+            self.total += self._interval
+            trainer.logger.log_metrics({"time/step_ms": 1000 * self._interval / self._steps},
+                                       step=trainer.global_step)
+            self._interval, self._steps = 0.0, 0
+
+    def on_train_end(self, trainer, module):
+        self.total += self._interval
+        self._interval, self._steps = 0.0, 0
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"time/train_s": self.total}, step=trainer.global_step)
 
 
 class _InterruptCheckpoint(pl.Callback):

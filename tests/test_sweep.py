@@ -236,3 +236,33 @@ def test_four_workers_share_a_sweep_with_exact_counts(tmp_path):
 def test_shipped_sweeps_load(path):
     spec = load_sweep(path)
     assert spec.trials > 0 and spec.cells
+
+
+def test_budget_steps_win_over_a_setting_that_counts_epochs(tmp_path):
+    # ptb-word.yaml says train.epochs: 13; a sweep budget in steps must train exactly that many steps
+    spec = dict(TINY, task="ptb-word", base={}, cells=["lstm"], budget={"trials": 1, "steps": 7})
+    from suite.sweep import trial_config
+
+    cfg = trial_config(load_sweep(write(tmp_path, spec)), "lstm", {"optim.lr": 0.01}, 0)
+    assert (cfg.train.steps, cfg.train.epochs) == (7, 0)
+
+
+def test_shipped_sweeps_are_listed_and_found_by_name(tmp_path):
+    out = cli("list", "sweeps", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "sweeps/smoke.yaml" in out.stdout and "sweeps/adding-T200.yaml" in out.stdout
+    assert load_sweep("smoke").name == "smoke" == load_sweep("sweeps/smoke.yaml").name
+    bad = cli("sweep", "no-such-sweep", cwd=tmp_path)
+    assert bad.returncode == 2 and "shipped sweeps: " in bad.stderr and "Traceback" not in bad.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_progress_shows_runs_and_an_eta(tmp_path):
+    spec = dict(TINY, name="eta", cells=["gru"], budget={"trials": 2, "steps": 10}, confirm={"top_k": 1, "seeds": 1})
+    storage, tracking = stores(tmp_path)
+    out = cli("sweep", str(write(tmp_path, spec)), "--storage", storage, "--tracking-uri", tracking, "--quiet",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [l for l in out.stdout.splitlines() if l.startswith("[eta]")]
+    assert "[1/3 runs," in lines[1] and "ETA" in lines[1]  # one run of three done: an estimate for the rest
+    assert "[3/3 runs," in lines[-1] and "ETA" not in lines[-1]

@@ -85,6 +85,9 @@ def test_run_is_recorded_in_mlflow(store):
     assert [h.step for h in history] == [4, 9, 14, 19]  # every log_every steps (0-based step index)
     diag_steps = sorted({h.step for h in client.get_metric_history(result.run_id, "diag/grad_decay")})
     assert diag_steps == [0, 10, 20]  # start, every diag_every steps, end
+    step_ms = client.get_metric_history(result.run_id, "time/step_ms")
+    assert [h.step for h in step_ms] == [5, 10, 15, 20] and all(h.value > 0 for h in step_ms)
+    assert 0 < m["time/train_s"] < sum(h.value for h in step_ms) * 5 / 1000 * 1.01 + 1e-9  # the intervals add up
     path = client.download_artifacts(result.run_id, "diagnostics/grad_profile.csv", str(store["root"]))
     rows = open(path).read().splitlines()
     assert rows[0] == "step,state,t,norm" and len(rows) == 1 + 3 * 2 * 30  # 3 steps x (h, c) x T
@@ -221,3 +224,19 @@ def test_sigterm_writes_a_checkpoint_and_ends_the_run_killed(store, tmp_path):
     assert client.get_run(run_id).info.status == "KILLED"
     assert (home / run_id / "last.ckpt").exists()
     assert f"run {run_id} KILLED" in err and "Traceback" not in err
+
+
+def test_steps_flag_overrides_a_setting_that_counts_epochs(tmp_path):
+    # ptb-word.yaml holds train.epochs: 13; --steps 3 must train 3 steps, not 13 epochs
+    env = {**__import__("os").environ, "RNNSUITE_HOME": str(tmp_path / "runs")}
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"  # explicit: MLflow exports MLFLOW_TRACKING_URI in-process
+    out = subprocess.run([sys.executable, "-m", "suite", "train", "--task", "ptb-word", "--cell", "lstm", "--steps", "3",
+                          "--tracking-uri", uri,
+                          "--set", "model.hidden_size=16", "--set", "model.layers=1", "--set", "train.progress=false",
+                          "--set", "task.eval_batch_size=200", "--json"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout.strip().splitlines()[-1])["run_id"]
+    client = mlflow.MlflowClient(uri)
+    assert [m.step for m in client.get_metric_history(run_id, "time/train_s")] == [3]
+    assert client.get_run(run_id).data.params["train.epochs"] == "0"
