@@ -132,18 +132,8 @@ class SuiteModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimizer and schedule
     def configure_optimizers(self):
-        o = self.optim_cfg
-        params = self.model.parameters()
-        if o.name == "adam":
-            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-        elif o.name == "adamw":
-            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-        elif o.name == "sgd":
-            opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        else:
-            opt = torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule_factor(o, self.total_steps(),
-                                                                                  self.steps_per_epoch))
+        opt, sched = build_optimizer(self.model.parameters(), self.optim_cfg, self.total_steps(),
+                                     self.steps_per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def total_steps(self) -> int:
@@ -151,6 +141,20 @@ class SuiteModule(pl.LightningModule):
         if t.epochs and self.steps_per_epoch:
             return t.epochs * self.steps_per_epoch
         return t.steps
+
+
+def build_optimizer(params, o: OptimConfig, total_steps: int, steps_per_epoch: int | None):
+    """The optimizer and its per-step learning-rate schedule (shared by single and packed runs)."""
+    if o.name == "adam":
+        opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    elif o.name == "adamw":
+        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    elif o.name == "sgd":
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule_factor(o, total_steps, steps_per_epoch))
+    return opt, sched
 
 
 def schedule_factor(o: OptimConfig, total_steps: int, steps_per_epoch: int | None):

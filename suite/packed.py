@@ -1,0 +1,451 @@
+"""Packed trials: M models of one shape trained together, one optimizer step for all, each as if alone.
+
+Recurrent models in these benchmarks are small, so one of them leaves most of a machine idle: every time step is
+a handful of tiny kernels whose launch and dispatch cost more than their arithmetic. A pack runs the M models of
+a sweep's trials through ONE batched forward and backward: their parameters are stacked along a new leading
+dimension (differentiably, from each model's own leaf tensors, every step), the forward maps over that dimension,
+and the per-model losses are summed, so each model's gradient lands in its own parameters exactly as if it had
+trained alone. Everything after the backward pass is per model and uses the same code as a single run: its own
+torch optimizer and schedule (:func:`suite.lit.build_optimizer`), its own global-norm clipping, gradient-norm
+and gate diagnostics on its own module, its own MLflow run with the same metrics, params, tags and artifacts, and
+its own pruning decisions. A model that diverges (NaN/inf loss) or is pruned leaves the pack; the others go on.
+
+Why not Lightning here: a Trainer fits one LightningModule with one set of loggers; a pack needs M optimizers,
+M MLflow runs and members that leave mid-fit. The loop below is the training step of :class:`suite.lit.SuiteModule`
+spelled out for M models, and a test checks that it reproduces single (Lightning) runs to 1e-4.
+
+What may differ inside a pack (``FREE_KEYS``): every optimizer setting, the seed (hence data and initialisation),
+dropout, initialisation scheme and chrono init. Everything else (cell, sizes, task, steps) defines the pack's
+shape: :func:`pack_key` groups trials by it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MethodType
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .config import RunConfig
+from .registry import SuiteError
+
+FREE_PREFIXES = ("optim.",)
+FREE_KEYS = {"train.seed", "model.dropout", "model.init", "model.init_range", "model.chrono_init"}
+
+
+def pack_key(cfg: RunConfig) -> tuple:
+    """What must be equal for two runs to share a pack: every setting except the free ones and tracking."""
+    flat = cfg.flat()
+    return tuple(sorted((k, repr(v)) for k, v in flat.items()
+                        if not k.startswith(FREE_PREFIXES) and k not in FREE_KEYS and not k.startswith("tracking.")))
+
+
+def packable(cfg: RunConfig) -> str | None:
+    """None if runs of this config can be packed, else the reason (one line)."""
+    from .train import build_task
+
+    task = build_task(cfg)
+    if getattr(task, "steps_per_epoch", None):
+        return f"task {cfg.task.name} carries state across windows in epochs; pack only synthetic tasks"
+    from .train import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg, task) if cfg.model.init != "uniform" else None
+    if model is not None and any(True for _ in model.buffers()):
+        return f"cell {cfg.model.cell} keeps running statistics (batch norm) that a pack cannot share"
+    return None
+
+
+@dataclass
+class Member:
+    """One run of a pack: its config and how it reports (the sweep passes its trial here)."""
+
+    cfg: RunConfig
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    on_start: Callable[[str], None] | None = None  # called with the MLflow run id once it exists
+    should_prune: Callable[[float, int], bool] | None = None  # (objective value, step) -> prune now?
+    monitor: str = ""  # the metric should_prune receives, e.g. "val/mse"
+
+
+# ---------------------------------------------------------------------------------------------- the batched model
+def _reference_forward(self, x: Tensor, state):
+    """The cell's maths from its own ``project``/``step`` (fused lstm/gru have no batching rule under vmap)."""
+    xp = self.project(x).transpose(0, 1)  # (T, B, K)
+    hs = []
+    for xp_t in xp:
+        state = self.step(xp_t, state)
+        hs.append(state[0])
+    return torch.stack(hs, 1), state
+
+
+class _PackDropout(nn.Module):
+    """Dropout whose rate is a per-model buffer (stacked like a parameter, so each model keeps its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("p", torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.p
+        return x * (torch.rand_like(x) < keep).to(x.dtype) / keep
+
+
+class BatchedModel:
+    """M SequenceModels of one shape behind one forward: stacked parameters, ``torch.func.vmap`` over them."""
+
+    def __init__(self, models: list[nn.Module], dropouts: list[float]):
+        from torch.func import functional_call, vmap
+
+        self.skeleton = copy.deepcopy(models[0]).to("meta")
+        for layer in self.skeleton.layers:
+            layer._forward = MethodType(_reference_forward, layer)
+        self.dropout = any(p > 0 for p in dropouts)
+        self.skeleton.drop = _PackDropout() if self.dropout else nn.Identity()
+        self.names = [n for n, _ in models[0].named_parameters()]
+        self.buffer_names = [n for n, _ in self.skeleton.named_buffers()]
+        self._rates = torch.tensor(dropouts)
+
+        def call(params, buffers, x, state):
+            return functional_call(self.skeleton, (params, buffers), (x, state))
+
+        self._fresh = vmap(lambda p, b, x: call(p, b, x, None), in_dims=(0, 0, 0), randomness="different")
+        self._carry = vmap(call, in_dims=(0, 0, 0, 0), randomness="different")
+        self._shared = vmap(lambda p, b, x: call(p, b, x, None), in_dims=(0, 0, None), randomness="different")
+
+    def stacked(self, models: list[nn.Module], keep: list[int]):
+        """Parameters of the models in ``keep``, stacked along dim 0 (gradients flow back to each model)."""
+        own = [dict(models[i].named_parameters()) for i in keep]
+        params = {n: torch.stack([p[n] for p in own]) for n in self.names}
+        device = params[self.names[0]].device
+        buffers = {"drop.p": self._rates[keep].to(device)} if self.dropout else {}
+        return params, buffers
+
+    def __call__(self, params, buffers, x: Tensor, state=None, shared_input: bool = False):
+        if shared_input:
+            return self._shared(params, buffers, x)
+        if state is None:
+            return self._fresh(params, buffers, x)
+        return self._carry(params, buffers, x, state)
+
+    def train(self, mode: bool = True) -> None:
+        self.skeleton.train(mode)
+
+
+# ---------------------------------------------------------------------------------------------- one member's run
+class _Run:
+    """A member's model, optimizer, MLflow run and diagnostics: the per-model half of a packed step."""
+
+    def __init__(self, index: int, member: Member, task, model: nn.Module, total_steps: int, device: str,
+                 size: int):
+        from .diagnostics import grad_decay  # noqa: F401  (imported here so failures surface at build time)
+        from .lit import build_optimizer
+        from .train import count_params
+
+        self.index, self.member, self.cfg, self.model = index, member, member.cfg, model
+        self.opt, self.sched = build_optimizer(model.parameters(), self.cfg.optim, total_steps, None)
+        self.batches = task.train_batches(self.cfg.train.seed, device)
+        self.alive = True
+        self.outcome, self.status, self.reason = "finished", "FINISHED", ""
+        self.metrics: dict[str, float] = {}
+        self.rows: list[tuple[int, str, int, float]] = []  # gradient-profile rows (step, state, t, norm)
+        self.train_s = 0.0  # this member's share of the pack's training time
+        self.logger = _open_logger(self.cfg, task, model, member, device, size, index)
+        self.run_id = self.logger.run_id
+        self.n_params = count_params(model)
+        if member.on_start:
+            member.on_start(self.run_id)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.logger.log_metrics(metrics, step=step)
+        self.metrics.update({k: v for k, v in metrics.items() if "/" in k})
+
+    def end(self, status: str, outcome: str, reason: str = "", step: int | None = None) -> None:
+        """Leave the pack: flush, write the diagnostics artifacts, tag why, set the MLflow status."""
+        self.alive = False
+        self.status, self.outcome, self.reason = status, outcome, reason
+        client, rid = self.logger.experiment, self.run_id
+        if reason:
+            key = "pruned" if outcome == "pruned" else "failure"
+            client.set_tag(rid, f"{key}.reason", reason)
+            if step is not None:
+                client.set_tag(rid, f"{key}.step", str(step))
+        self.upload()
+        self.logger.terminate(status)
+
+    def upload(self) -> None:
+        if not self.rows:
+            return
+        from .diagnostics import write_profile
+
+        folder = Path(tempfile.mkdtemp(prefix="rnnsuite-pack-diag-"))
+        for path in write_profile(self.rows, folder):
+            self.logger.experiment.log_artifact(self.run_id, str(path), "diagnostics")
+        self.rows = []
+
+    def result(self):
+        from .train import RunResult
+
+        final = {k: v for k, v in self.metrics.items() if k.startswith(("train/", "val/", "test/"))}
+        return RunResult(self.run_id, self.status, final, self.reason, self.outcome)
+
+
+def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size: int, index: int):
+    """The member's MLflow run with the params, tags and config artifact of a single run (train.run)."""
+    from .logger import SuiteLogger
+    from .tracking import artifact_location, git_commit, mask, prepare_local_store, resolve_tracking_uri
+    from .train import count_params
+
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    prepare_local_store(uri)
+    tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__, "device": device,
+            "seed": str(cfg.train.seed), "baseline.formula": task.baseline.formula, "pack.size": str(size),
+            "pack.index": str(index), **member.tags}
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    if member.parent_run_id:
+        tags["mlflow.parentRunId"] = member.parent_run_id
+    logger = SuiteLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri,
+                         run_name=cfg.tracking.run_name or None, tags=tags, artifact_location=artifact_location(uri))
+    try:
+        run_id = logger.run_id
+    except Exception as exc:
+        raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
+                         f"{mask(str(exc)).splitlines()[0][:200]}") from None
+    params = cfg.flat()
+    params.update({"cell": cfg.model.cell, "n_params": count_params(model), "seed": cfg.train.seed,
+                   "task.baseline": task.baseline.value, "task.baseline_metric": task.baseline.metric})
+    logger.log_params(params)
+    logger.experiment.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    return logger
+
+
+# ---------------------------------------------------------------------------------------------- the pack
+def run_pack(members: list[Member]) -> list:
+    """Train every member's config together; returns one :class:`suite.train.RunResult` per member, in order."""
+    if not members:
+        return []
+    keys = {pack_key(m.cfg) for m in members}
+    if len(keys) > 1:
+        raise SuiteError("a pack holds runs of one shape only (same cell, sizes, task and steps)")
+    return _Pack(members).fit()
+
+
+class _Pack:
+    def __init__(self, members: list[Member]):
+        import lightning.pytorch as pl
+
+        from .diagnostics import batch_to
+        from .train import _diag_batch, _quiet_libraries, build_model, build_task, resolve_device
+
+        cfg = members[0].cfg
+        _quiet_libraries()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        reason = packable(cfg)
+        if reason:
+            raise SuiteError(f"cannot pack: {reason}")
+        self.cfg, self.device = cfg, resolve_device(cfg.train.device)
+        self.task = build_task(cfg)
+        self.steps = cfg.train.steps
+        models = []
+        for m in members:  # the same order of seeding and building as train.run: identical initialisation
+            pl.seed_everything(m.cfg.train.seed, verbose=False)
+            models.append(build_model(m.cfg, self.task).to(self.device))
+        self.batched = BatchedModel(models, [m.cfg.model.dropout for m in members])
+        self.runs = [_Run(i, m, self.task, model, self.steps, self.device, len(members))
+                     for i, (m, model) in enumerate(zip(members, models))]
+        self.diag_batch = batch_to(_diag_batch(self.task, cfg.train.diag_batch), self.device)
+        self.val = self.task.val_batches(self.device)
+        self.test = self.task.test_batches(self.device)
+        self._diagnosed: set[int] = set()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> list:
+        t = self.cfg.train
+        bar = _progress(self.steps, len(self.runs), enabled=t.progress and not os.environ.get("RNNSUITE_QUIET"))
+        val_interval = min(t.val_every, self.steps)  # as train.py's val_check_interval
+        last_val = None
+        interval = 0.0  # pack seconds since the last time/step_ms, shared out over the live members
+        try:
+            self.diagnose(0)
+            for s in range(self.steps):
+                alive = [r for r in self.runs if r.alive]
+                if not alive:
+                    break
+                started = time.perf_counter()
+                losses = self.train_step(s, alive)
+                done = s + 1
+                if t.diag_every and done % t.diag_every == 0:
+                    self.diagnose(done)  # part of a step's cost, as StepTimer counts it for single runs
+                elapsed = time.perf_counter() - started
+                for r in alive:
+                    r.train_s += elapsed / len(alive)
+                interval += elapsed / len(alive)
+                if done % t.log_every == 0:
+                    for r in alive:
+                        if r.alive:
+                            r.log({"time/step_ms": 1000 * interval / t.log_every}, step=done)
+                    interval = 0.0
+                if done % val_interval == 0:
+                    self.validate(s)
+                    last_val = done
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(alive=sum(r.alive for r in self.runs),
+                                    loss=f"{sum(losses) / max(1, len(losses)):.4g}")
+            self.diagnose(self.steps)
+            for r in self.runs:
+                if r.alive:
+                    r.log({"time/train_s": r.train_s}, step=self.steps)
+            if last_val != self.steps and any(r.alive for r in self.runs):
+                self.validate(self.steps - 1, prune=False)
+            if self.test is not None and any(r.alive for r in self.runs):
+                self.evaluate(self.test, "test", self.steps - 1)
+            for r in self.runs:
+                if r.alive:
+                    r.end("FINISHED", "finished")
+        except (KeyboardInterrupt, SystemExit):
+            for r in self.runs:
+                if r.alive:
+                    r.end("KILLED", "killed", "interrupted (pack stopped)")
+            raise
+        except BaseException as exc:
+            from .tracking import mask
+
+            for r in self.runs:
+                if r.alive:
+                    r.end("FAILED", "failed", f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [r.result() for r in self.runs]
+
+    def train_step(self, s: int, alive: list[_Run]) -> list[float]:
+        """One optimizer step of every live model; returns their losses. s is the 0-based step index."""
+        from .diagnostics import gate_grad_norms
+
+        t = self.cfg.train
+        batches = [next(r.batches) for r in alive]
+        x = torch.stack([b.x for b in batches])
+        params, buffers = self.batched.stacked([r.model for r in self.runs], [r.index for r in alive])
+        self.batched.train(True)
+        out, _ = self.batched(params, buffers, x)  # (A, B, T, output_size)
+        losses = [self.task.loss(out[j], b) for j, b in enumerate(batches)]
+        values = torch.stack([l.detach() for l in losses]).tolist()  # one host transfer for the pack
+        finite = [math.isfinite(v) for v in values]
+        for r, ok, v in zip(alive, finite, values):
+            if not ok:  # as DivergedError in a single run
+                r.end("FAILED", "diverged", f"diverged: loss is {v} at step {s}", step=s)
+        kept = [l for l, ok in zip(losses, finite) if ok]
+        if not kept:
+            return values
+        self.backward(torch.stack(kept).sum(), params, [r for r, ok in zip(alive, finite) if ok],
+                      [j for j, ok in enumerate(finite) if ok])
+        log_now = (s + 1) % t.log_every == 0
+        for r, ok, v in zip(alive, finite, values):
+            if not ok:
+                continue
+            if s % t.grad_every == 0:
+                r.log(gate_grad_norms(r.model), step=s)
+            clip = r.cfg.optim.clip
+            params_r = [p for g in r.opt.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params_r, clip if clip > 0 else math.inf, foreach=True)
+            r.opt.step()
+            lr = r.opt.param_groups[0]["lr"]  # Lightning logs it before the scheduler steps
+            r.sched.step()
+            r.opt.zero_grad(set_to_none=True)
+            if log_now:
+                n = float(norm)
+                r.log({"train/loss": v, "train/grad_norm": n,
+                       "train/grad_norm_clipped": min(n, clip) if clip > 0 else n, "train/lr": lr}, step=s)
+        return [v for v, ok in zip(values, finite) if ok]
+
+    def backward(self, loss: Tensor, params: dict[str, Tensor], runs: list[_Run], rows: list[int]) -> None:
+        """Each model's gradients, from the summed losses, as distinct tensors in its own ``.grad``.
+
+        Not ``loss.backward()``: the backward of ``torch.stack`` hands every leaf a view of one gradient buffer,
+        and where the graph adds two stacked parameters (lstm folds ``bias_ih + bias_hh``) both views share
+        memory, so in-place clipping would scale that gradient twice. Gradients of the stacked tensors are
+        de-aliased here, then each model gets its own slice.
+        """
+        names = self.batched.names
+        grads = list(torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True))
+        seen: set[int] = set()
+        for k, g in enumerate(grads):
+            if g is None:
+                continue
+            if g.untyped_storage().data_ptr() in seen:
+                grads[k] = g = g.clone()
+            seen.add(g.untyped_storage().data_ptr())
+        for r, j in zip(runs, rows):
+            own = dict(r.model.named_parameters())
+            for n, g in zip(names, grads):
+                own[n].grad = None if g is None else g[j]
+
+    # ------------------------------------------------------------------ evaluation and diagnostics
+    @torch.no_grad()
+    def evaluate(self, batches, stage: str, step: int) -> None:
+        alive = [r for r in self.runs if r.alive]
+        params, buffers = self.batched.stacked([r.model for r in self.runs], [r.index for r in alive])
+        self.batched.train(False)
+        totals: list[dict] = [{} for _ in alive]
+        for batch in batches:
+            out, _ = self.batched(params, buffers, batch.x, shared_input=True)  # the same fixed set for all
+            for j in range(len(alive)):
+                for name, (total, count) in self.task.score(out[j], batch).items():
+                    old = totals[j].get(name, (0.0, 0))
+                    totals[j][name] = (old[0] + total.double(), old[1] + count)
+        for r, tot in zip(alive, totals):
+            metrics = self.task.summarize({k: (float(v), n) for k, (v, n) in tot.items()})
+            r.log({f"{stage}/{k}": float(v) for k, v in metrics.items()}, step=step)
+
+    def validate(self, s: int, prune: bool = True) -> None:
+        self.evaluate(self.val, "val", s)
+        if not prune:
+            return
+        for r in self.runs:
+            m = r.member
+            if r.alive and m.should_prune is not None and m.monitor in r.metrics:
+                value = r.metrics[m.monitor]
+                if m.should_prune(value, s + 1):
+                    r.end("FINISHED", "pruned", f"pruned: pruned at step {s + 1} ({m.monitor}={value:.4g})",
+                          step=s + 1)
+
+    def diagnose(self, step: int) -> None:
+        """Gate statistics and the gradient profile of every live model on the fixed diagnostic batch."""
+        from .diagnostics import grad_decay, gradient_profile
+
+        if step in self._diagnosed:
+            return
+        self._diagnosed.add(step)
+        for r in self.runs:
+            if not r.alive:
+                continue
+            profile, stats = gradient_profile(r.model, self.task, self.diag_batch)
+            for state, norms in profile.items():
+                r.rows.extend((step, state, t, n) for t, n in enumerate(norms))
+            stats["diag/grad_decay"] = grad_decay(profile["h"])
+            if "c" in profile:
+                stats["diag/grad_decay_c"] = grad_decay(profile["c"])
+            r.log(stats, step=step)
+
+
+def _progress(total: int, size: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"pack of {size}", unit="step", dynamic_ncols=True, leave=False)
