@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..registry import SuiteError
-from .base import RecurrentCell, gate_views
+from .base import RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, sum_bt, tanh
 from .lstm import FusedCell, record_gates
 from .registry import register
 
@@ -78,18 +78,60 @@ class _ResetBeforeGRU(RecurrentCell):
         self.bias_ih = nn.Parameter(torch.empty(len(bias_gates) * n)) if self.bias else None
         self.reset_parameters()
 
-    def gates(self, xp: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    fast_path = True
+    gate_gemm = True  # r, z read U h (False: gru3, whose gates are constants)
+    input_blocks = 1  # blocks of project's output: 3 (r, z, h~) or 1 (h~ only)
+
+    def gates(self, xp: Tensor, h: Tensor, w: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         """r, z: each (B, n), or (n,) where they do not depend on the step."""
         raise NotImplementedError
 
-    def step(self, xp: Tensor, state, trace=None):
+    def fused_weights(self):
+        return (self.weight_hh,)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
         n = self.hidden_size
-        r, z = self.gates(xp, h)
-        cand = torch.addmm(xp[:, -n:], r * h, self.weight_hh[-n:].t()).tanh()  # reset before U_h
+        r, z = self.gates(xp, h, w)
+        rh = r * h
+        cand = tanh(linear(rh, w[0][-n:], xp[:, -n:]))  # reset before U_h
+        return (torch.lerp(cand, h, z),), (r, z, rh, cand)  # z ⊙ h + (1 - z) ⊙ h~
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (r, z, _, _) = self.forward_step(xp, state, self.fused_weights())
         if trace is not None:
+            h = state[0]
             record_gates(trace, self.gate_names, (r.expand_as(h), z.expand_as(h)))
-        return (torch.lerp(cand, h, z),)  # z ⊙ h + (1 - z) ⊙ h~
+        return state
+
+    def bptt(self, g):
+        r_all, z_all, rh_all, cand_all = g.saved  # (T, B, n); r, z (T, n) for gru3
+        if r_all.dim() == 2:
+            r_all, z_all = r_all.unsqueeze(1), z_all.unsqueeze(1)
+        n = self.hidden_size
+        d = torch.empty_like(g.xp)  # dxp, in project's layout: r | z | h~, or h~ alone
+        B, T = d.shape[:2]
+        dgates = d[..., :2 * n].unflatten(2, (2, n)) if self.input_blocks == 3 else d.new_empty(B, T, 2, n)
+        dcand = d[..., -n:]
+
+        def factors(t0, t1):
+            r, z, cand, h = r_all[t0:t1], z_all[t0:t1], cand_all[t0:t1], g.h(t0, t1)
+            zero = torch.zeros_like(h)
+            a = torch.stack([zero, (h - cand) * z * (1 - z)], 2)  # dh_t reaches z directly
+            rr = torch.stack([h * r * (1 - r), zero], 2)  # d(r h) reaches r
+            return (1 - z) * (1 - cand * cand), z, r, a, rr, (None,)
+
+        w_hh = g.w[0]
+        gemms = [(slice(0, 2), w_hh[:2 * n])] if self.gate_gemm else []
+        dh0 = bptt_reset_gate(g, w_hh[-n:], dgates, dcand, factors, gemms)
+        dgates = dgates.flatten(2)
+        dw_c = mm_bt(dcand, rh_all.transpose(0, 1))
+        dw_hh = torch.cat([mm_bt(dgates, g.h_prev()), dw_c]) if self.gate_gemm else dw_c
+        return d, (dh0,), self.gate_grads(dgates, dw_hh)
+
+    def gate_grads(self, dgates: Tensor, dw_hh: Tensor) -> tuple[Tensor | None, ...]:
+        """Gradients of fused_weights() from dW_hh and the gates' pre-activation gradients (T, B, 2n)."""
+        return (dw_hh,)
 
     def chrono_targets(self):
         return [(self.bias_ih[self.hidden_size:2 * self.hidden_size], 1)]  # z's slice of the r|z|n bias
@@ -111,6 +153,7 @@ class GRUResetBefore(_ResetBeforeGRU):
     """
 
     param_gates = {"weight_ih": GRU_GATES, "weight_hh": GRU_GATES, "bias_ih": GRU_GATES}
+    input_blocks = 3
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
                  init_range: float = 0.1, chrono_init: int | None = None):
@@ -121,9 +164,9 @@ class GRUResetBefore(_ResetBeforeGRU):
     def project(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, 3n): W x + b for r, z, h~
 
-    def gates(self, xp, h):
+    def gates(self, xp, h, w):
         n2 = 2 * self.hidden_size
-        return torch.addmm(xp[:, :n2], h, self.weight_hh[:n2].t()).sigmoid().chunk(2, 1)
+        return linear(h, w[0][:n2], xp[:, :n2]).sigmoid().chunk(2, 1)
 
 
 _DEY_SALEM = "Dey & Salem 2017, Gate-Variants of Gated Recurrent Unit (GRU) Neural Networks"
@@ -158,11 +201,15 @@ class GRU1(_ResetBeforeGRU):
         b = self.bias_ih[2 * self.hidden_size:] if self.bias else None
         return F.linear(x, self.weight_ih, b)  # (B, T, n): W_h x + b_h
 
-    def gates(self, xp, h):
-        n2 = 2 * self.hidden_size
-        w = self.weight_hh[:n2].t()
-        pre = torch.addmm(self.bias_ih[:n2], h, w) if self.bias else h.mm(w)  # (B, 2n)
+    def fused_weights(self):
+        return (self.weight_hh, self.bias_ih[:2 * self.hidden_size]) if self.bias else (self.weight_hh,)
+
+    def gates(self, xp, h, w):
+        pre = linear(h, w[0][:2 * self.hidden_size], w[1] if self.bias else None)  # (B, 2n)
         return pre.sigmoid().chunk(2, 1)
+
+    def gate_grads(self, dgates, dw_hh):
+        return (dw_hh, sum_bt(dgates)) if self.bias else (dw_hh,)
 
 
 @register("gru2", "Dey & Salem GRU2: gates see only the state, no bias, r, z = σ(U h); candidate as reset-before "
@@ -185,8 +232,8 @@ class GRU2(_ResetBeforeGRU):
     def project(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, n): W_h x + b_h
 
-    def gates(self, xp, h):
-        return h.mm(self.weight_hh[:2 * self.hidden_size].t()).sigmoid().chunk(2, 1)
+    def gates(self, xp, h, w):
+        return linear(h, w[0][:2 * self.hidden_size]).sigmoid().chunk(2, 1)
 
     def chrono_targets(self):
         raise SuiteError("gru2 has no gate bias, so chrono init does not apply")
@@ -214,5 +261,13 @@ class GRU3(_ResetBeforeGRU):
     def project(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_ih, self.bias_ih[2 * self.hidden_size:])  # (B, T, n): W_h x + b_h
 
-    def gates(self, xp, h):
-        return self.bias_ih[:2 * self.hidden_size].sigmoid().chunk(2)  # each (n,), broadcast over the batch
+    gate_gemm = False
+
+    def fused_weights(self):
+        return (self.weight_hh, self.bias_ih[:2 * self.hidden_size])
+
+    def gates(self, xp, h, w):
+        return w[1].sigmoid().chunk(2)  # each (n,), broadcast over the batch
+
+    def gate_grads(self, dgates, dw_hh):
+        return (dw_hh, sum_bt(dgates))

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import RecurrentCell, gate_views
+from .base import RecurrentCell, bptt_lstm, gate_views, linear, mm_bt, sum_bt, tanh
 from .registry import register
 
 LSTM_GATES = ("i", "f", "g", "o")  # nn.LSTM's order of the gate blocks along dim 0
@@ -179,16 +179,49 @@ class PeepholeLSTM(_OneBiasLSTM):
         self.peephole = nn.Parameter(torch.empty(3 * hidden_size))
         self.reset_parameters()
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        return (self.weight_hh, self.peephole)
+
+    def forward_step(self, xp: Tensor, state, w):
         h, c = state
-        i, f, g, o = torch.addmm(xp, h, self.weight_hh.t()).chunk(4, 1)  # each (B, n)
-        p_i, p_f, p_o = self.peephole.chunk(3)  # each (n,)
+        i, f, g, o = linear(h, w[0], xp).chunk(4, 1)  # each (B, n)
+        p_i, p_f, p_o = w[1].chunk(3)  # each (n,)
         i = torch.addcmul(i, p_i, c).sigmoid()
         f = torch.addcmul(f, p_f, c).sigmoid()
-        c = torch.addcmul(f * c, i, g.tanh())
+        g = tanh(g)
+        c = torch.addcmul(f * c, i, g)
         o = torch.addcmul(o, p_o, c).sigmoid()  # the output gate peeps at the new cell state
+        tc = tanh(c)
+        return (o * tc, c), (i, f, g, o, c, tc)
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (i, f, _, o, _, _) = self.forward_step(xp, state, self.fused_weights())
         record_gates(trace, self.gate_names, (i, f, o))
-        return o * c.tanh(), c
+        return state
+
+    def bptt(self, grads):
+        i_all, f_all, g_all, o_all, c_all, tc_all = grads.saved  # (T, B, n) each
+        w_hh, peep = grads.w
+        p_i, p_f, p_o = peep.chunk(3)
+        c0 = grads.state[1]
+
+        def factors(t0, t1):
+            i, f, g, o, tc = (x[t0:t1] for x in (i_all, f_all, g_all, o_all, tc_all))
+            c_prev = grads.prev(c_all, c0, t0, t1)
+            j_o = tc * o * (1 - o)  # dh_t/d pre_o
+            j_i, j_f = g * i * (1 - i), c_prev * f * (1 - f)  # dc_t/d pre_i, d pre_f
+            j_hc = o * (1 - tc * tc) + j_o * p_o  # dc_t from dh_t, through tanh(c_t) and o's peephole at c_t
+            j_cc = f + j_i * p_i + j_f * p_f  # dc_t/dc_{t-1}, peepholes included
+            return torch.stack([j_i, j_f, i * (1 - g * g)], 2), j_o, j_hc, j_cc
+
+        dpre, dh0, dc0 = bptt_lstm(grads, w_hh, factors)
+        n = self.hidden_size
+        c_prev = grads.prev(c_all, c0, 0, len(c_all)).transpose(0, 1)  # (B, T, n), as dpre
+        dpeep = torch.cat([sum_bt(dpre[..., :n] * c_prev), sum_bt(dpre[..., n:2 * n] * c_prev),
+                           sum_bt(dpre[..., 3 * n:] * c_all.transpose(0, 1))])
+        return dpre, (dh0, dc0), (mm_bt(dpre, grads.h_prev()), dpeep)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()  # the base leaves "peephole" alone unless init="uniform"
@@ -233,13 +266,37 @@ class CIFG(_OneBiasLSTM):
         self._make_parameters()
         self.reset_parameters()
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        return (self.weight_hh,)
+
+    def forward_step(self, xp: Tensor, state, w):
         h, c = state
-        i, g, o = torch.addmm(xp, h, self.weight_hh.t()).chunk(3, 1)  # each (B, n)
+        i, g, o = linear(h, w[0], xp).chunk(3, 1)  # each (B, n)
         i, o = i.sigmoid(), o.sigmoid()
-        c = torch.lerp(c, g.tanh(), i)  # (1 - i) ⊙ c + i ⊙ g
+        g = tanh(g)
+        c = torch.lerp(c, g, i)  # (1 - i) ⊙ c + i ⊙ g
+        tc = tanh(c)
+        return (o * tc, c), (i, g, o, c, tc)
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (i, _, o, _, _) = self.forward_step(xp, state, self.fused_weights())
         record_gates(trace, self.gate_names, (i, 1 - i, o))
-        return o * c.tanh(), c
+        return state
+
+    def bptt(self, grads):
+        i_all, g_all, o_all, c_all, tc_all = grads.saved  # (T, B, n) each
+        c0 = grads.state[1]
+
+        def factors(t0, t1):
+            i, g, o, tc = (x[t0:t1] for x in (i_all, g_all, o_all, tc_all))
+            c_prev = grads.prev(c_all, c0, t0, t1)
+            j_ig = torch.stack([(g - c_prev) * i * (1 - i), i * (1 - g * g)], 2)  # dc_t/d pre_(i,g)
+            return j_ig, tc * o * (1 - o), o * (1 - tc * tc), 1 - i
+
+        dpre, dh0, dc0 = bptt_lstm(grads, grads.w[0], factors)
+        return dpre, (dh0, dc0), (mm_bt(dpre, grads.h_prev()),)
 
     def init_gate_biases(self) -> None:
         if self.bias:

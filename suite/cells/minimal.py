@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import SuiteError
-from .base import RecurrentCell, gate_views
+from .base import RecurrentCell, bptt_one_gemm, bptt_reset_gate, gate_views, linear, mm_bt, tanh
 from .registry import register
 
 
@@ -61,13 +61,35 @@ class SimplifiedGRU(_FusedInput):
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
         self.reset_parameters()
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        return (self.weight_hh,)
+
+    def forward_step(self, xp: Tensor, state, w):
         (c,) = state
-        u, cand = torch.addmm(xp, c, self.weight_hh.t()).chunk(2, 1)  # both recurrent terms in one GEMM
+        u, cand = linear(c, w[0], xp).chunk(2, 1)  # both recurrent terms in one GEMM
         u = torch.sigmoid(u)  # (B, n)
+        c_tilde = tanh(cand)
+        return (torch.lerp(c, c_tilde, u),), (u, c_tilde)  # u*c~ + (1-u)*c
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (u, _) = self.forward_step(xp, state, self.fused_weights())
         if trace is not None:
             trace["u"].append(u)
-        return (torch.lerp(c, torch.tanh(cand), u),)  # u*c~ + (1-u)*c
+        return state
+
+    def bptt(self, grads):
+        u_all, ct_all = grads.saved  # (T, B, n)
+
+        def factors(t0, t1):
+            u, c_tilde, c = u_all[t0:t1], ct_all[t0:t1], grads.h(t0, t1)  # c = c_{t-1}
+            j = torch.stack([(c_tilde - c) * u * (1 - u), u * (1 - c_tilde * c_tilde)], 2)  # dc_t/d(pre_u, pre_c)
+            return j, 1 - u
+
+        dpre, dc0 = bptt_one_gemm(grads, grads.w[0], factors)
+        return dpre, (dc0,), (mm_bt(dpre, grads.h_prev()),)
+
 
 
 @register("ugrnn", "update-gate RNN: h_t = g*h_{t-1} + (1-g)*tanh(W x + U h); one gate, capacity study cell",
@@ -93,13 +115,34 @@ class UGRNN(_FusedInput):
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
         self.reset_parameters()
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        return (self.weight_hh,)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
-        g, cand = torch.addmm(xp, h, self.weight_hh.t()).chunk(2, 1)
+        g, cand = linear(h, w[0], xp).chunk(2, 1)
         g = torch.sigmoid(g)  # (B, n)
+        c = tanh(cand)
+        return (torch.lerp(c, h, g),), (g, c)  # g*h + (1-g)*c
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (g, _) = self.forward_step(xp, state, self.fused_weights())
         if trace is not None:
             trace["g"].append(g)
-        return (torch.lerp(torch.tanh(cand), h, g),)  # g*h + (1-g)*c
+        return state
+
+    def bptt(self, grads):
+        g_all, c_all = grads.saved  # (T, B, n)
+
+        def factors(t0, t1):
+            g, c, h = g_all[t0:t1], c_all[t0:t1], grads.h(t0, t1)
+            return torch.stack([(h - c) * g * (1 - g), (1 - g) * (1 - c * c)], 2), g
+
+        dpre, dh0 = bptt_one_gemm(grads, grads.w[0], factors)
+        return dpre, (dh0,), (mm_bt(dpre, grads.h_prev()),)
+
 
 
 @register("mgu", "minimal gated unit: one forget gate f, also used as the reset gate inside the candidate",
@@ -128,14 +171,40 @@ class MGU(_FusedInput):
         self.weight_hh_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
         self.reset_parameters()
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        return (self.weight_hh_f, self.weight_hh_c)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
         xf, xc = xp.chunk(2, 1)
-        f = torch.sigmoid(torch.addmm(xf, h, self.weight_hh_f.t()))  # (B, n)
-        cand = torch.tanh(torch.addmm(xc, f * h, self.weight_hh_c.t()))
+        f = torch.sigmoid(linear(h, w[0], xf))  # (B, n)
+        fh = f * h
+        cand = tanh(linear(fh, w[1], xc))
+        return (torch.lerp(h, cand, f),), (f, fh, cand)  # (1-f)*h + f*h~
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (f, _, _) = self.forward_step(xp, state, self.fused_weights())
         if trace is not None:
             trace["f"].append(f)
-        return (torch.lerp(h, cand, f),)  # (1-f)*h + f*h~
+        return state
+
+    def bptt(self, grads):
+        f_all, fh_all, cand_all = grads.saved  # (T, B, n)
+        n = self.hidden_size
+        d = torch.empty_like(grads.xp)  # dxp: f | c
+
+        def factors(t0, t1):
+            f, cand, h = f_all[t0:t1], cand_all[t0:t1], grads.h(t0, t1)
+            sf = f * (1 - f)
+            # f is the update gate and the reset gate: d pre_f = dh (h~ - h) f' + d(f h) h f'
+            return f * (1 - cand * cand), 1 - f, f, ((cand - h) * sf).unsqueeze(2), (h * sf).unsqueeze(2), (None,)
+
+        dh0 = bptt_reset_gate(grads, grads.w[1], d[..., :n].unsqueeze(2), d[..., n:], factors,
+                              [(slice(0, 1), grads.w[0])])
+        return d, (dh0,), (mm_bt(d[..., :n], grads.h_prev()), mm_bt(d[..., n:], fh_all.transpose(0, 1)))
+
 
 
 @register("janet", "just another network: forget gate only, c_t = σ(s)*c + (1-σ(s-β))*tanh(...), β=1",
@@ -171,15 +240,38 @@ class JANET(_FusedInput):
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
         self.reset_parameters()
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        return (self.weight_hh,)
+
+    def forward_step(self, xp: Tensor, state, w):
         (c,) = state
-        s, cand = torch.addmm(xp, c, self.weight_hh.t()).chunk(2, 1)
+        s, cand = linear(c, w[0], xp).chunk(2, 1)
         f = torch.sigmoid(s)  # (B, n)
         i = torch.sigmoid(self.beta - s)  # 1 - σ(s - β) = σ(β - s)
+        c_tilde = tanh(cand)
+        return (torch.addcmul(f * c, i, c_tilde),), (f, i, c_tilde)
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (f, i, _) = self.forward_step(xp, state, self.fused_weights())
         if trace is not None:
             trace["f"].append(f)
             trace["i"].append(i)
-        return (torch.addcmul(f * c, i, torch.tanh(cand)),)
+        return state
+
+    def bptt(self, grads):
+        f_all, i_all, ct_all = grads.saved  # (T, B, n)
+
+        def factors(t0, t1):
+            f, i, c_tilde, c = f_all[t0:t1], i_all[t0:t1], ct_all[t0:t1], grads.h(t0, t1)
+            # dc_t/ds = c f(1-f) - c~ i(1-i)  (i = σ(β - s));  dc_t/d cand = i (1 - c~²)
+            j = torch.stack([c * f * (1 - f) - c_tilde * i * (1 - i), i * (1 - c_tilde * c_tilde)], 2)
+            return j, f
+
+        dpre, dc0 = bptt_one_gemm(grads, grads.w[0], factors)
+        return dpre, (dc0,), (mm_bt(dpre, grads.h_prev()),)
+
 
 
 @register("ligru", "light GRU: one update gate, ReLU candidate, batch norm on input projections, no reset gate",
@@ -260,13 +352,38 @@ class LiGRU(_FusedInput):
             self._drop_mask = xp.new_empty(x.shape[0], self.hidden_size).bernoulli_(keep).div_(keep)  # (B, n)
         return xp
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        # the dropout mask is drawn in project: passed along so that backward uses the forward's mask
+        return (self.weight_hh,) if self._drop_mask is None else (self.weight_hh, self._drop_mask)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
-        z, cand = torch.addmm(xp, h, self.weight_hh.t()).chunk(2, 1)
+        z, cand = linear(h, w[0], xp).chunk(2, 1)
         z = torch.sigmoid(z)  # (B, n)
         cand = torch.relu(cand)
-        if self._drop_mask is not None:
-            cand = cand * self._drop_mask
+        if len(w) > 1:
+            cand = cand * w[1]
+        return (torch.lerp(cand, h, z),), (z, cand)  # z*h + (1-z)*h~
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (z, _) = self.forward_step(xp, state, self.fused_weights())
         if trace is not None:
             trace["z"].append(z)
-        return (torch.lerp(cand, h, z),)  # z*h + (1-z)*h~
+        return state
+
+    def bptt(self, grads):
+        z_all, cand_all = grads.saved  # (T, B, n); cand after ReLU and the mask
+        mask = grads.w[1] if len(grads.w) > 1 else None
+
+        def factors(t0, t1):
+            z, cand, h = z_all[t0:t1], cand_all[t0:t1], grads.h(t0, t1)
+            relu_grad = (cand > 0).to(z.dtype)  # ReLU'(0) = 0, as torch's; a dropped unit has cand = 0 too
+            if mask is not None:
+                relu_grad = relu_grad * mask
+            return torch.stack([(h - cand) * z * (1 - z), (1 - z) * relu_grad], 2), z
+
+        dpre, dh0 = bptt_one_gemm(grads, grads.w[0], factors)
+        dw = (mm_bt(dpre, grads.h_prev()),)
+        return dpre, (dh0,), dw + ((None,) if mask is not None else ())

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import SuiteError
-from .base import RecurrentCell, gate_views
+from .base import RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, tanh
 from .registry import register
 
 SOURCE = "Jozefowicz, Zaremba & Sutskever 2015, An Empirical Exploration of Recurrent Network Architectures"
@@ -75,6 +75,38 @@ class _MUT(RecurrentCell):
     def chrono_targets(self) -> list[tuple[Tensor, int]]:
         return [(gate_views(self.bias_ih, ("z", "r", "c"))["z"], -1)]
 
+    # Every MUT ends with cand = tanh(xp_c + (r ⊙ h) W_hh_c^T) and h_t = lerp(h, cand, z); forward_step returns
+    # (z, r, r ⊙ h, cand) first, and the shared backward below needs only where z and r read h.
+    fast_path = True
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (z, r, *_) = self.forward_step(xp, state, self.fused_weights())
+        if trace is not None:
+            trace["z"].append(z)
+            trace["r"].append(r)
+        return state
+
+    def _bptt(self, g, gemms, th_all=None):
+        """dxp (B, T, 3n), z|r|c, and dh_0, of h_t = h + z (cand - h); gemms: (gate slice, W) of the
+        gates' recurrent GEMMs; th_all: tanh(h_{t-1}) if z's GEMM reads it (mut3)."""
+        z_all, r_all, rh_all, cand_all = g.saved[:4]  # (T, B, n)
+        n = self.hidden_size
+        d = torch.empty_like(g.xp)  # dxp: z | r | c
+
+        def factors(t0, t1):
+            z, r, cand, h = z_all[t0:t1], r_all[t0:t1], cand_all[t0:t1], g.h(t0, t1)
+            zero = torch.zeros_like(h)
+            a = torch.stack([(cand - h) * z * (1 - z), zero], 2)  # dh_t reaches z directly
+            rr = torch.stack([zero, h * r * (1 - r)], 2)  # d(r h) reaches r
+            j_in = (None,) if th_all is None else (1 - th_all[t0:t1] ** 2, None)
+            return z * (1 - cand * cand), 1 - z, r, a, rr, j_in
+
+        dh0 = bptt_reset_gate(g, g.w[-1], d[..., :2 * n].unflatten(2, (2, n)), d[..., 2 * n:], factors, gemms)
+        return d, dh0
+
+    def _dw_c(self, g, d):
+        return mm_bt(d[..., 2 * self.hidden_size:], g.saved[2].transpose(0, 1))
+
 
 @register("mut1", "evolved GRU-like cell: z sees x only, unweighted tanh(x) in the candidate (m = n or project_input)",
           SOURCE + " (MUT1)")
@@ -102,16 +134,22 @@ class MUT1(_MUT):
         zr, xx = self._projected(x)
         return self._with_bias(torch.cat([zr, torch.tanh(xx)], -1))  # (B, T, 3n): z | r | c pre-activations
 
-    def step(self, xp: Tensor, state, trace=None):
+    def fused_weights(self):
+        return (self.weight_hh_r, self.weight_hh_c)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
         xz, xr, xc = xp.chunk(3, 1)
         z = torch.sigmoid(xz)  # (B, n): no recurrent term
-        r = torch.sigmoid(torch.addmm(xr, h, self.weight_hh_r.t()))
-        cand = torch.tanh(torch.addmm(xc, r * h, self.weight_hh_c.t()))
-        if trace is not None:
-            trace["z"].append(z)
-            trace["r"].append(r)
-        return (torch.lerp(h, cand, z),)  # z*h~ + (1-z)*h
+        r = torch.sigmoid(linear(h, w[0], xr))
+        rh = r * h
+        cand = tanh(linear(rh, w[1], xc))
+        return (torch.lerp(h, cand, z),), (z, r, rh, cand)  # z*h~ + (1-z)*h
+
+    def bptt(self, g):
+        n = self.hidden_size
+        d, dh0 = self._bptt(g, [(slice(1, 2), g.w[0])])
+        return d, (dh0,), (mm_bt(d[..., n:2 * n], g.h_prev()), self._dw_c(g, d))
 
 
 @register("mut2", "evolved GRU-like cell: reset gate sees x unweighted, r = σ(x + W_hr h + b) (m = n or project_input)",
@@ -143,16 +181,21 @@ class MUT2(_MUT):
         xz, xc = zc.chunk(2, -1)
         return self._with_bias(torch.cat([xz, xx, xc], -1))  # (B, T, 3n): z | r | c pre-activations
 
-    def step(self, xp: Tensor, state, trace=None):
+    def fused_weights(self):
+        return (self.weight_hh, self.weight_hh_c)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
         n = self.hidden_size
-        zr = torch.addmm(xp[:, :2 * n], h, self.weight_hh.t())
+        zr = linear(h, w[0], xp[:, :2 * n])
         z, r = torch.sigmoid(zr).chunk(2, 1)  # (B, n) each
-        cand = torch.tanh(torch.addmm(xp[:, 2 * n:], r * h, self.weight_hh_c.t()))
-        if trace is not None:
-            trace["z"].append(z)
-            trace["r"].append(r)
-        return (torch.lerp(h, cand, z),)
+        rh = r * h
+        cand = tanh(linear(rh, w[1], xp[:, 2 * n:]))
+        return (torch.lerp(h, cand, z),), (z, r, rh, cand)
+
+    def bptt(self, g):
+        d, dh0 = self._bptt(g, [(slice(0, 2), g.w[0])])
+        return d, (dh0,), (mm_bt(d[..., :2 * self.hidden_size], g.h_prev()), self._dw_c(g, d))
 
 
 @register("mut3", "evolved GRU-like cell, update gate reads tanh(h): z = σ(W x + U tanh(h) + b)",
@@ -186,13 +229,22 @@ class MUT3(_MUT):
     def project(self, x: Tensor) -> Tensor:
         return self._with_bias(self._projected(x)[0])  # (B, T, 3n)
 
-    def step(self, xp: Tensor, state, trace=None):
+    def fused_weights(self):
+        return (self.weight_hh_z, self.weight_hh_r, self.weight_hh_c)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
         xz, xr, xc = xp.chunk(3, 1)
-        z = torch.sigmoid(torch.addmm(xz, torch.tanh(h), self.weight_hh_z.t()))  # (B, n)
-        r = torch.sigmoid(torch.addmm(xr, h, self.weight_hh_r.t()))
-        cand = torch.tanh(torch.addmm(xc, r * h, self.weight_hh_c.t()))
-        if trace is not None:
-            trace["z"].append(z)
-            trace["r"].append(r)
-        return (torch.lerp(h, cand, z),)
+        th = tanh(h)
+        z = torch.sigmoid(linear(th, w[0], xz))  # (B, n)
+        r = torch.sigmoid(linear(h, w[1], xr))
+        rh = r * h
+        cand = tanh(linear(rh, w[2], xc))
+        return (torch.lerp(h, cand, z),), (z, r, rh, cand, th)
+
+    def bptt(self, g):
+        n = self.hidden_size
+        th = g.saved[4]  # tanh(h_{t-1}), (T, B, n)
+        d, dh0 = self._bptt(g, [(slice(0, 1), g.w[0]), (slice(1, 2), g.w[1])], th_all=th)
+        return d, (dh0,), (mm_bt(d[..., :n], th.transpose(0, 1)), mm_bt(d[..., n:2 * n], g.h_prev()),
+                           self._dw_c(g, d))

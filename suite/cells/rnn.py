@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell
+from .base import RecurrentCell, bptt_one_gemm, linear, mm_bt, tanh
 from .registry import register
 
 
@@ -29,6 +29,22 @@ class TanhRNN(RecurrentCell):
     def project(self, x: Tensor) -> Tensor:
         return nn.functional.linear(x, self.weight_ih, self.bias_ih)  # (B, T, n)
 
-    def step(self, xp: Tensor, state, trace=None):
+    fast_path = True
+
+    def fused_weights(self):
+        return (self.weight_hh,)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
-        return (torch.tanh(torch.addmm(xp, h, self.weight_hh.t())),)
+        return (tanh(linear(h, w[0], xp)),), ()
+
+    def step(self, xp: Tensor, state, trace=None):
+        return self.forward_step(xp, state, self.fused_weights())[0]
+
+    def bptt(self, grads):
+        def factors(t0, t1):
+            h = grads.out.transpose(0, 1)[t0:t1]  # h_t
+            return (1 - h * h).unsqueeze(2), None  # tanh'
+
+        dpre, dh0 = bptt_one_gemm(grads, grads.w[0], factors)
+        return dpre, (dh0,), (mm_bt(dpre, grads.h_prev()),)

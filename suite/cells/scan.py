@@ -32,12 +32,16 @@ Nothing here is measured on a GPU; the scan path exists for the GPU, where the l
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import SuiteError
-from .base import RecurrentCell, State, gate_views
+from torch.autograd.function import once_differentiable
+
+from .base import RecurrentCell, State, autocast_off, gate_views
 from .registry import register
 
 MODES = ("scan", "sequential")
@@ -48,6 +52,16 @@ SCAN_CHUNK = 256  # steps per scan call; measured 2x faster than one call at T=4
 def g(v: Tensor) -> Tensor:
     """The paper's positive candidate map: v + 1/2 for v >= 0, sigmoid(v) below (continuous at 0, always > 0)."""
     return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+def g_max(v: Tensor) -> Tensor:
+    """g(v) as max(v + 1/2, σ(v)): the same function (v + 1/2 >= σ(v) exactly where v >= 0), in fewer passes."""
+    return torch.maximum(v + 0.5, torch.sigmoid(v))
+
+
+def g_prime(v: Tensor, g_v: Tensor) -> Tensor:
+    """g'(v) from v and g(v): 1 for v >= 0, σ'(v) = g (1 - g) below."""
+    return torch.where(v >= 0, 1.0, g_v * (1 - g_v))
 
 
 def log_g(v: Tensor) -> Tensor:
@@ -76,6 +90,91 @@ def _scan_chunk(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     return h.to(dtype)
 
 
+def _chunk_len(T: int) -> int:
+    return max(1, math.isqrt(T))  # ~sqrt(T) steps per chunk: ~2 sqrt(T) small ops plus a few full passes
+
+
+def chunked_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """h_t = a_t ⊙ h_{t-1} + b_t for t = 0..T-1 from h_{-1} = h0, in linear space: a, b (B, T, H) contiguous,
+    h0 (B, H) of any sign -> h (B, T, H). Builds no graph (see :class:`ParallelScan`).
+
+    Two levels, C ~ sqrt(T) steps per chunk: a local scan from a zero state runs inside all chunks at once (C
+    ops, each over every chunk), the products A of a within each chunk come from one cumprod, the state entering
+    each chunk follows from the chunk ends (T/C small ops), and one fused multiply-add adds A times it
+    everywhere. Every h_t is then a short chain of multiply-adds of the same numbers the sequential loop uses
+    (no logs, no division), so the result agrees with the loop to float rounding at any T.
+    """
+    B, T, H = b.shape
+    C = _chunk_len(T)
+    N = T // C
+    M = N * C  # steps in whole chunks; the last T - M run one by one
+    h = torch.empty_like(b)
+    av, bv, hv = (t[:, :M].view(B, N, C, H) for t in (a, b, h))
+    hv[:, :, 0] = bv[:, :, 0]
+    for c in range(1, C):
+        torch.addcmul(bv[:, :, c], av[:, :, c], hv[:, :, c - 1], out=hv[:, :, c])
+    prods = torch.cumprod(av, 2)  # a_first ⊙ ... ⊙ a_c within each chunk
+    carry = h0.new_empty(B, N, H)  # the state entering each chunk
+    carry[:, 0] = h0
+    for n in range(1, N):
+        torch.addcmul(hv[:, n - 1, C - 1], prods[:, n - 1, C - 1], carry[:, n - 1], out=carry[:, n])
+    hv.addcmul_(prods, carry.unsqueeze(2))
+    prev = hv[:, N - 1, C - 1]
+    for t in range(M, T):
+        prev = torch.addcmul(b[:, t], a[:, t], prev, out=h[:, t])
+    return h
+
+
+def chunked_scan_reverse(a: Tensor, g: Tensor) -> Tensor:
+    """The adjoint of :func:`chunked_scan`: gh_t = g_t + a_{t+1} ⊙ gh_{t+1} (gh_T = 0), the same two-level scheme
+    run from the end. g (B, T, H) is dL/dh_t from outside; gh is dL/dh_t through the recurrence as well."""
+    B, T, H = g.shape
+    C = _chunk_len(T)
+    N = T // C
+    M = N * C
+    a_next = torch.cat([a[:, 1:], a.new_zeros(B, 1, H)], 1)  # a_{t+1}
+    gh = torch.empty_like(g)
+    nxt = None
+    for t in range(T - 1, M - 1, -1):  # the steps after the whole chunks, one by one
+        nxt = gh[:, t].copy_(g[:, t]) if nxt is None else torch.addcmul(g[:, t], a_next[:, t], nxt, out=gh[:, t])
+    av, gv, ghv = (t[:, :M].view(B, N, C, H) for t in (a_next, g, gh))
+    ghv[:, :, C - 1] = gv[:, :, C - 1]
+    prods = torch.empty_like(av)  # a_{t+1} ⊙ ... to the chunk's end
+    prods[:, :, C - 1] = av[:, :, C - 1]
+    for c in range(C - 2, -1, -1):
+        torch.addcmul(gv[:, :, c], av[:, :, c], ghv[:, :, c + 1], out=ghv[:, :, c])
+        torch.mul(av[:, :, c], prods[:, :, c + 1], out=prods[:, :, c])
+    carry = g.new_zeros(B, N, H)  # dL/dh at the first step after each chunk
+    if nxt is not None:
+        carry[:, N - 1] = nxt
+    for n in range(N - 2, -1, -1):
+        torch.addcmul(ghv[:, n + 1, 0], prods[:, n + 1, 0], carry[:, n + 1], out=carry[:, n])
+    ghv.addcmul_(prods, carry.unsqueeze(2))
+    return gh
+
+
+class ParallelScan(torch.autograd.Function):
+    """A scan cell's recurrence as one autograd node: coefficients a_t, b_t from xp, :func:`chunked_scan`, and a
+    hand-written backward (:func:`chunked_scan_reverse`, then the cell's coefficient derivatives), so that no
+    graph of ~2 sqrt(T) small ops is built and walked."""
+
+    @staticmethod
+    def forward(ctx, cell, xp, h0):
+        a, b, saved = cell.scan_coefficients(xp)
+        h = chunked_scan(a, b, h0)
+        ctx.cell = cell
+        ctx.save_for_backward(xp, h0, h, a, *saved)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_h):
+        xp, h0, h, a, *saved = ctx.saved_tensors
+        gh = chunked_scan_reverse(a, d_h.contiguous())
+        h_prev = torch.cat([h0.unsqueeze(1), h[:, :-1]], 1)
+        return None, ctx.cell.scan_coefficient_grads(xp, h_prev, gh, a, saved), a[:, 0] * gh[:, 0]
+
+
 class _ScanCell(RecurrentCell):
     """Shared parts: one fused input projection, the mode option, and the scan in place of the time loop."""
 
@@ -100,11 +199,24 @@ class _ScanCell(RecurrentCell):
         """log a_t and log b_t (each (..., H)) of h_t = a_t ⊙ h_{t-1} + b_t from projected inputs (..., K)."""
         raise NotImplementedError
 
+    def scan_coefficients(self, xp: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """a_t, b_t (each (B, T, H), contiguous) of h_t = a_t ⊙ h_{t-1} + b_t, and what their backward needs."""
+        raise NotImplementedError
+
+    def scan_coefficient_grads(self, xp, h_prev, gh, a, saved) -> Tensor:
+        """dL/dxp from gh = dL/dh_t and h_prev = h_{t-1} (B, T, H): da_t = gh ⊙ h_{t-1}, db_t = gh."""
+        raise NotImplementedError
+
     def _forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         if self.mode == "sequential":
             return super()._forward(x, state)
-        log_a, log_b = self.log_coefficients(self.project(x))
-        out = log_space_scan(log_a, log_b, state[0])  # (B, T, H)
+        xp, state = self._recurrence_inputs(self.project(x), state)
+        with autocast_off(xp):
+            if torch.is_grad_enabled() and (xp.requires_grad or state[0].requires_grad):
+                out = ParallelScan.apply(self, xp, state[0])  # (B, T, H)
+            else:
+                a, b, _ = self.scan_coefficients(xp)
+                out = chunked_scan(a, b, state[0])
         return out, (out[:, -1],)
 
     def _bias_views(self) -> dict[str, Tensor]:
@@ -133,6 +245,21 @@ class MinGRU(_ScanCell):
         k_z, k_h = xp.chunk(2, -1)
         # log(1 - σ(k)) = -softplus(k), log σ(k) = -softplus(-k): no log of a rounded-off 0
         return -F.softplus(k_z), -F.softplus(-k_z) + log_g(k_h)
+
+    def scan_coefficients(self, xp):
+        k_z, k_h = xp.chunk(2, -1)
+        z = torch.sigmoid(k_z)
+        g_h = g_max(k_h)
+        return 1 - z, z * g_h, (z, g_h)  # h_t = (1 - z) h_{t-1} + z g(k_h)
+
+    def scan_coefficient_grads(self, xp, h_prev, gh, a, saved):
+        z, g_h = saved
+        k_h = xp[..., self.hidden_size:]
+        dxp = torch.empty_like(xp)
+        # a = 1 - z, b = z g: dk_z = z (1 - z) (db g - da) = z a gh (g - h_prev);  dk_h = db z g'(k_h)
+        torch.mul((g_h - h_prev).mul_(gh).mul_(z), a, out=dxp[..., :self.hidden_size])
+        torch.mul(g_prime(k_h, g_h).mul_(gh), z, out=dxp[..., self.hidden_size:])
+        return dxp
 
     def step(self, xp, state, trace=None):
         (h,) = state
@@ -173,6 +300,25 @@ class MinLSTM(_ScanCell):
         log_f, log_i = F.logsigmoid(k_f), F.logsigmoid(k_i)
         log_norm = torch.logaddexp(log_f, log_i)  # log(f + i)
         return log_f - log_norm, log_i - log_norm + log_g(k_h)
+
+    def scan_coefficients(self, xp):
+        k_f, k_i, k_h = xp.chunk(3, -1)
+        d = F.logsigmoid(k_f) - F.logsigmoid(k_i)  # as in step: f' = σ(d), i' = σ(-d)
+        f, i = torch.sigmoid(d), torch.sigmoid(-d)
+        g_h = g_max(k_h)
+        return f, i * g_h, (i, g_h)
+
+    def scan_coefficient_grads(self, xp, h_prev, gh, a, saved):
+        i, g_h = saved
+        n = self.hidden_size
+        k_f, k_i, k_h = xp.chunk(3, -1)
+        dxp = torch.empty_like(xp)
+        # a = σ(d), b = σ(-d) g: dd = a i (da - db g) = a i gh (h_prev - g); dd/dk_f = σ(-k_f), dd/dk_i = -σ(-k_i)
+        dd = (h_prev - g_h).mul_(gh).mul_(a).mul_(i)
+        torch.mul(dd, torch.sigmoid(-k_f), out=dxp[..., :n])
+        torch.mul(dd, torch.sigmoid(-k_i), out=dxp[..., n:2 * n]).neg_()
+        torch.mul(g_prime(k_h, g_h).mul_(gh), i, out=dxp[..., 2 * n:])
+        return dxp
 
     def step(self, xp, state, trace=None):
         (h,) = state
