@@ -129,7 +129,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SuiteError(f"malformed YAML in {str(p)!r}{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise SuiteError(f"malformed YAML in {str(p)!r}{where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # PyYAML: "2001-13-01" is a bad date
+        raise SuiteError(f"malformed YAML in {str(p)!r}: {' '.join(str(exc).split())[:200]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -146,7 +149,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
         value = raw
     if isinstance(value, str):
         try:

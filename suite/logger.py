@@ -2,28 +2,36 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import Any, Mapping
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from .tracking import mask
+from .tracking import RetryingClient, first_line, is_transient, mask, retry
 
 
 class SuiteLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger with batched writes and an explicit final status.
+    """Lightning's MLFlowLogger with batched writes, an explicit final status, and no loss in an outage.
 
     Metrics are buffered and written with one ``log_batch`` call when Lightning calls ``save()`` (after each
     logging interval) or when the buffer is large, instead of one call per ``log_metrics``; on a shared SQLite
     file each call costs ~50 ms (stack.md). ``finalize`` only flushes: the run's end status (FINISHED, FAILED,
     KILLED) is set once by the training code, which knows why it stopped.
+
+    A tracking server that goes away (restart, network cut) does not stop training and loses nothing: a flush
+    that fails with a connection error keeps its metrics for the next flush, and the final flush, like every
+    other call through ``experiment``, retries with back-off for up to RNNSUITE_RETRY_S seconds (default 600).
+    If the server is still gone then, the error reaches the caller (a sweep fails the trial and runs it again).
     """
 
     MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._mlflow_client = RetryingClient(self._mlflow_client)  # what `experiment` returns
         self._buffer: list = []
+        self._outage_since: float | None = None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -37,10 +45,30 @@ class SuiteLogger(MLFlowLogger):
         if len(self._buffer) >= self.MAX_BATCH:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
+        """Write the buffered metrics. A chunk leaves the buffer only once MLflow has accepted it."""
+        raw = self._mlflow_client.raw
         while self._buffer:
-            chunk, self._buffer = self._buffer[: self.MAX_BATCH], self._buffer[self.MAX_BATCH:]
-            self.experiment.log_batch(run_id=self.run_id, metrics=chunk, **self._log_batch_kwargs)
+            chunk = self._buffer[: self.MAX_BATCH]
+
+            def send():
+                raw.log_batch(run_id=self.run_id, metrics=chunk, **self._log_batch_kwargs)
+
+            try:
+                retry(send, "MLflow log_batch") if final else send()
+            except Exception as exc:
+                if final or not is_transient(exc):
+                    raise
+                if self._outage_since is None:  # training goes on; the metrics wait in memory
+                    self._outage_since = time.monotonic()
+                    print(f"rnnsuite: MLflow unreachable ({first_line(exc, 150)}); keeping "
+                          f"{len(self._buffer)} metric values and training on", file=sys.stderr, flush=True)
+                return
+            del self._buffer[: len(chunk)]
+            if self._outage_since is not None:
+                print(f"rnnsuite: MLflow reachable again after {time.monotonic() - self._outage_since:.0f} s; "
+                      "buffered metrics written", file=sys.stderr, flush=True)
+                self._outage_since = None
 
     def save(self) -> None:
         super().save()
@@ -58,5 +86,5 @@ class SuiteLogger(MLFlowLogger):
             self.experiment.log_batch(run_id=self.run_id, params=items[i:i + 100])
 
     def terminate(self, status: str) -> None:
-        self.flush()
+        self.flush(final=True)
         self.experiment.set_terminated(self.run_id, status)

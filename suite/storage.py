@@ -4,16 +4,22 @@ The embedded default is a journal file beside the MLflow database (``rnnsuite-ru
 recommends its journal storage for several worker processes on one machine (SQLite is "not recommended for
 parallel" use). ``--storage`` takes sqlite:///PATH, postgresql://USER:PASS@HOST:PORT/DB, or a journal file path.
 The environment variable RNNSUITE_STORAGE supplies a URL (with its password) without putting it on a
-command line.
+command line; for PostgreSQL the URL may also leave the password out and let libpq read PGPASSWORD (or
+~/.pgpass).
+
+A database that goes away (a restart, a fail-over) does not end a sweep: pooled connections are checked before
+use (pool_pre_ping) and every storage call that fails with a connection error is retried with back-off for up to
+RNNSUITE_RETRY_S seconds (default 600).
 """
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .registry import SuiteError
-from .tracking import mask, runs_dir, sqlalchemy_url
+from .tracking import connect_args, database_reason, mask, retry, runs_dir, sqlalchemy_url
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
@@ -40,6 +46,11 @@ def check_storage_url(url: str) -> None:
                          "postgresql://USER:PASSWORD@HOST:PORT/DB or a journal file path")
 
 
+def is_local(url: str) -> bool:
+    """A journal file or an SQLite database: created on demand, nothing to reach."""
+    return is_journal(url) or url.startswith("sqlite:")
+
+
 def open_storage(url: str | None = None, *, create: bool = True):
     """An Optuna storage for `url`; unreachable databases and bad credentials become one-line SuiteErrors."""
     import optuna
@@ -59,11 +70,67 @@ def open_storage(url: str | None = None, *, create: bool = True):
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     url = sqlalchemy_url(url)
-    kwargs = {"pool_pre_ping": True}  # reconnect after a database restart instead of failing the worker
+    # reconnect after a database restart instead of failing the worker; never wait minutes for a dead host
+    kwargs = {"pool_pre_ping": True, "connect_args": connect_args(url)}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return _retrying_rdb_storage()(url, engine_kwargs=kwargs)
+    except ModuleNotFoundError as exc:
+        raise SuiteError(f"cannot open Optuna storage {mask(url)}: the driver {exc.name!r} is not installed "
+                         "(pip install 'rnnsuite[postgres]')") from None
     except Exception as exc:
-        first = mask(str(exc)).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise SuiteError(f"cannot open Optuna storage {mask(url)}: {first[:200]}") from None
+        raise SuiteError(f"cannot open Optuna storage {mask(url)}: {database_reason(exc)}") from None
+
+
+_RETRYING = None
+_NOT_RETRIED = {"upgrade", "get_current_version", "get_head_version", "get_all_versions", "remove_session",
+                "check_trial_is_updatable"}
+# private methods Optuna's _CachedStorage calls on its backend directly (optuna/storages/_cached_storage.py):
+# without them a worker's progress poll (get_trials -> _get_trials) fails at the first database restart
+_PRIVATE_RETRIED = {"_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+                    "_get_stale_trial_ids"}
+_in_call = threading.local()  # a retried method calling another one: only the outermost call retries
+
+
+def _retrying_rdb_storage():
+    """RDBStorage whose public methods retry connection errors (each call is one transaction, so a call that
+    failed can be made again). A subclass, so Optuna still wraps it in its cache like any RDBStorage."""
+    global _RETRYING
+    if _RETRYING is None:
+        from optuna.storages import RDBStorage
+
+        def wrap(name, method):
+            def call(self, *args, **kwargs):
+                if not getattr(self, "_rnnsuite_ready", False) or getattr(_in_call, "active", False):
+                    return method(self, *args, **kwargs)  # construction (fail at once, one line), or nested
+
+                def once():
+                    _in_call.active = True
+                    try:
+                        return method(self, *args, **kwargs)
+                    finally:
+                        _in_call.active = False
+
+                return retry(once, f"Optuna storage {name}")
+
+            call.__name__ = name
+            return call
+
+        methods = {name: wrap(name, getattr(RDBStorage, name)) for name in dir(RDBStorage)
+                   if (not name.startswith("_") or name in _PRIVATE_RETRIED) and name not in _NOT_RETRIED
+                   and callable(getattr(RDBStorage, name))}
+
+        def __init__(self, *args, **kwargs):
+            RDBStorage.__init__(self, *args, **kwargs)
+            self._rnnsuite_ready = True
+
+        def __setstate__(self, state):  # Optuna pickles storages for its heartbeat thread
+            RDBStorage.__setstate__(self, state)
+            self._rnnsuite_ready = True
+
+        _RETRYING = type("RetryingRDBStorage", (RDBStorage,), {**methods, "__init__": __init__,
+                                                                "__setstate__": __setstate__,
+                                                                "__module__": __name__})
+        globals()["RetryingRDBStorage"] = _RETRYING  # picklable by name
+    return _RETRYING

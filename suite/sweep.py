@@ -7,11 +7,16 @@ seeds in a second study ``<sweep>/<task>/<cell>/confirm`` whose trials are enque
 Those confirmation numbers are what reports compare (Greff et al. 2017; Melis et al. 2018).
 
 Coordination lives in the Optuna storage, so workers on one machine or many share a sweep:
-* a worker records ``worker`` (host:pid) and a ``heartbeat`` time on the trial it runs; a RUNNING trial whose
-  worker is gone (same host, dead pid; or no heartbeat for GRACE seconds) is marked FAIL, its MLflow run ends
-  KILLED and its configuration is enqueued again (a trial lost to a crash does not count, and is retried);
+* a worker records ``worker`` (host:pid, plus the process's boot id and start time, so a recycled pid is not
+  mistaken for it) and a ``heartbeat`` time on the trial it runs; a RUNNING trial whose worker is gone (same
+  host, dead pid; or no heartbeat for GRACE seconds) is marked FAIL, its MLflow run ends KILLED and its
+  configuration is enqueued again (a trial lost to a kill or a crash does not count, and is retried; a
+  configuration that crashes its worker MAX_RETRIES times is given up, a killed one is always retried);
 * after ``ask`` a worker checks its trial is within the budget (another worker may have taken the last
   place at the same moment) and otherwise fails it at once, before any training, so budgets are exact.
+* the confirmation queue is derived from the finished search and written once (``chosen``); every (rank, seed)
+  without a live or finished trial is enqueued again, so a sweep killed anywhere, even while enqueueing, resumes
+  to exactly top_k x seeds confirmation runs; MLflow runs left RUNNING by a kill are ended KILLED at the end.
 The objective only turns a trial's sampled values into a run config and calls the same ``train.run`` as
 ``rnnsuite train``: the trial object never reaches model or task code (optuna-examples).
 """
@@ -34,9 +39,10 @@ import lightning.pytorch as pl
 from .config import RunConfig, build_config, load_yaml
 from .lit import PrunedRun
 from .registry import SuiteError
-from .tracking import mask
+from .tracking import RetryingClient, first_line, mask
 
 GRACE = 180.0  # seconds without a heartbeat before a RUNNING trial of another host counts as lost
+NO_WORKER_GRACE = 60.0  # a trial gets its worker within milliseconds of `ask`; one without it this long is lost
 HEARTBEAT = 20.0  # seconds between heartbeats
 MAX_RETRIES = 2  # a configuration that crashes its worker this often is not enqueued again
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"
@@ -86,7 +92,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
     path = find_sweep_file(path)
     data = load_yaml(path)
-    unknown = sorted(set(data) - set(SPEC_KEYS))
+    unknown = sorted(set(data) - set(SPEC_KEYS), key=str)
     _need(not unknown, f"{path}: unknown sweep key {unknown[0]!r}; accepted: {', '.join(SPEC_KEYS)}"
           if unknown else "")
     for key in ("name", "task", "cells", "budget"):
@@ -104,7 +110,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         zoo.CELLS.get(c)  # unknown cell: the registry's error lists the valid names
     budget = data["budget"]
     _need(isinstance(budget, dict), f"{path}: budget must be a mapping with trials and steps (or epochs)")
-    bad = sorted(set(budget) - {"trials", "steps", "epochs"})
+    bad = sorted(set(budget) - {"trials", "steps", "epochs"}, key=str)
     _need(not bad, f"{path}: unknown budget key {bad[0]!r}; accepted: trials, steps, epochs" if bad else "")
     trials = budget.get("trials")
     _need(isinstance(trials, int) and not isinstance(trials, bool) and trials > 0,
@@ -132,23 +138,26 @@ def load_sweep(path: str | Path) -> SweepSpec:
                                       ("median", "hyperband", "none"), {"warmup_steps", "startup_trials"})
     confirm = data.get("confirm") or {}
     _need(isinstance(confirm, dict), f"{path}: confirm must be a mapping with top_k and seeds")
-    bad = sorted(set(confirm) - {"top_k", "seeds"})
+    bad = sorted(set(confirm) - {"top_k", "seeds"}, key=str)
     _need(not bad, f"{path}: unknown confirm key {bad[0]!r}; accepted: top_k, seeds" if bad else "")
     spec.top_k = confirm.get("top_k", 1)
-    _need(isinstance(spec.top_k, int) and 1 <= spec.top_k <= trials,
+    _need(isinstance(spec.top_k, int) and not isinstance(spec.top_k, bool) and 1 <= spec.top_k <= trials,
           f"{path}: confirm.top_k must be an integer in [1, budget.trials], got {spec.top_k!r}")
     seeds = confirm.get("seeds", 3)
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         _need(seeds >= 1, f"{path}: confirm.seeds must be >= 1, got {seeds}")
         seeds = list(range(1, seeds + 1))
-    _need(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)
+    _need(isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                    for s in seeds)
           and len(set(seeds)) == len(seeds), f"{path}: confirm.seeds must be a count or a list of distinct seeds")
     spec.seeds = seeds
     objective = data.get("objective") or {}
     _need(isinstance(objective, dict), f"{path}: objective must be a mapping with metric and direction")
-    bad = sorted(set(objective) - {"metric", "direction"})
+    bad = sorted(set(objective) - {"metric", "direction"}, key=str)
     _need(not bad, f"{path}: unknown objective key {bad[0]!r}; accepted: metric, direction" if bad else "")
     spec.metric = objective.get("metric", "")
+    _need(isinstance(spec.metric, str), f"{path}: objective.metric must be a metric name such as val/mse, "
+          f"got {spec.metric!r}")
     spec.direction = objective.get("direction", "")
     _need(spec.direction in ("", "minimize", "maximize"),
           f"{path}: objective.direction must be minimize or maximize, got {spec.direction!r}")
@@ -160,13 +169,14 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def _check_choice_block(path, key, block, default, names, extra):
-    block = dict(default if block is None else block)
-    _need(isinstance(block, dict), f"{path}: {key} must be a mapping")
+    block = default if block is None else block
+    _need(isinstance(block, dict), f"{path}: {key} must be a mapping with a name, got {block!r}")
     merged = {**default, **block}
-    bad = sorted(set(merged) - {"name"} - extra)
+    bad = sorted(set(merged) - {"name"} - extra, key=str)
     _need(not bad, f"{path}: unknown {key} key {bad[0]!r}; accepted: name, {', '.join(sorted(extra))}"
           if bad else "")
-    _need(merged["name"] in names, f"{path}: {key}.name={merged['name']!r}; choose one of: {', '.join(names)}")
+    _need(isinstance(merged["name"], str) and merged["name"] in names,
+          f"{path}: {key}.name={merged['name']!r}; choose one of: {', '.join(names)}")
     for k in extra:
         v = merged.get(k, 0)
         _need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
@@ -179,12 +189,13 @@ def _check_search(path, search: dict) -> dict[str, dict]:
     out = {}
     for key, dist in search.items():
         where = f"{path}: search.{key}"
+        _need(isinstance(key, str) and "." in key, f"{where}: search keys are dotted config keys such as optim.lr")
         _need(isinstance(dist, dict) and "type" in dist,
               f"{where} must be a mapping with a type ({', '.join(DIST_TYPES)})")
         kind = dist["type"]
         _need(kind in DIST_TYPES, f"{where}.type={kind!r}; choose one of: {', '.join(DIST_TYPES)}")
         allowed = {"type", "values"} if kind == "choice" else {"type", "low", "high", "log"}
-        bad = sorted(set(dist) - allowed)
+        bad = sorted(set(dist) - allowed, key=str)
         _need(not bad, f"{where}: unknown key {bad[0]!r}; accepted: {', '.join(sorted(allowed))}" if bad else "")
         if kind == "choice":
             vals = dist.get("values")
@@ -295,10 +306,14 @@ def match_hidden_size(cfg: RunConfig, target: int) -> int:
 
 
 def build_task_and_model(cfg: RunConfig):
+    """Build the task and, on the meta device (shapes only, no memory), the model: a check of the config."""
+    import torch
+
     from .train import build_model, build_task
 
     task = build_task(cfg)
-    return task, build_model(cfg, task)
+    with torch.device("meta"):  # a hidden_size of 10**6 is refused or accepted, never allocated here
+        return task, build_model(cfg, task)
 
 
 # ---------------------------------------------------------------------------------------------- Optuna objects
@@ -347,8 +362,8 @@ class Sweep:
 
     def __init__(self, spec: SweepSpec, storage_url: str | None = None, tracking_uri: str | None = None):
         from . import tasks
-        from .storage import open_storage, storage_url as resolve_storage
-        from .tracking import prepare_local_store, resolve_tracking_uri
+        from .storage import check_storage_url, is_local, open_storage, storage_url as resolve_storage
+        from .tracking import check_tracking, prepare_local_store, resolve_tracking_uri
 
         import optuna
 
@@ -356,9 +371,16 @@ class Sweep:
         self.spec = spec
         self.storage_url = resolve_storage(storage_url)
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        prepare_local_store(self.tracking_uri)
-        self.storage = open_storage(self.storage_url)
         task = tasks.build(**{"name": self.base_config().task.name, **self.base_config().task.options})
+        # Everything remote is reached before anything local is created: a wrong password or host leaves no
+        # stray journal, database or folder behind.
+        check_storage_url(self.storage_url)
+        check_tracking(self.tracking_uri)
+        if not is_local(self.storage_url):
+            self.storage = open_storage(self.storage_url)
+        prepare_local_store(self.tracking_uri)
+        if is_local(self.storage_url):
+            self.storage = open_storage(self.storage_url)
         self.metric = spec.metric or f"val/{task.metric}"
         self.direction = spec.direction or task.direction
         self.host = socket.gethostname()
@@ -383,8 +405,8 @@ class Sweep:
     def client(self):
         import mlflow
 
-        if self._client is None:
-            self._client = mlflow.MlflowClient(self.tracking_uri)
+        if self._client is None:  # every call retried while the tracking server is away (RNNSUITE_RETRY_S)
+            self._client = RetryingClient(mlflow.MlflowClient(self.tracking_uri))
         return self._client
 
     def experiment_id(self) -> str:
@@ -432,8 +454,10 @@ class Sweep:
                       "param_match": self.spec.param_match, "confirm.top_k": self.spec.top_k,
                       "confirm.seeds": ",".join(map(str, self.spec.seeds)),
                       "search": json.dumps(self.spec.search)[:6000], "storage": mask(self.storage_url)}
-            for k, v in params.items():
-                self.client.log_param(rid, k, v)
+            from mlflow.entities import Param
+
+            # one call: a kill cannot leave half of them (a resumed sweep logs them only when there are none)
+            self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
         if run.info.status != "RUNNING" and not self.done():
             self.client.update_run(rid, "RUNNING")
         for cell in self.spec.cells:
@@ -451,6 +475,7 @@ class Sweep:
         if phase == PHASE_CONFIRM:  # count each (rank, seed) once: duplicates can only come from races
             done = {_confirm_key(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
             c["finished"] = len(done)
+            c["given_up"] = len(_given_up(trials) - done)
         else:
             c["finished"] = c["complete"] + c["pruned"]
         return c
@@ -465,7 +490,7 @@ class Sweep:
             if not self.search_done(cell) or planned is None:
                 return False
             c = self.counts(cell, PHASE_CONFIRM)
-            if c["finished"] < planned or c["running"]:
+            if c["finished"] + c["given_up"] < planned or c["running"]:
                 return False
         return True
 
@@ -481,33 +506,52 @@ class Sweep:
                 continue
             try:  # attributes first: a finished trial cannot be updated
                 study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker lost (killed or crashed)")
+                study._storage.set_trial_user_attr(t._trial_id, "lost", True)
                 if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                     continue
             except Exception:  # another worker reaped it first
                 continue
-            run_id = t.user_attrs.get("mlflow_run_id")
-            if run_id:
-                try:
-                    if self.client.get_run(run_id).info.status == "RUNNING":
-                        self.client.set_terminated(run_id, "KILLED")
-                        self.client.set_tag(run_id, "failure.reason", "worker lost; trial retried")
-                except Exception:
-                    pass
-            self._retry(study, t)
+            self._end_lost_runs(study.study_name, t)
+            if phase == PHASE_SEARCH:  # confirmation slots are refilled by ensure_confirm_queue
+                self._retry(study, t, lost=True)
             lost += 1
         return lost
 
+    def _end_lost_runs(self, study_name: str, t) -> None:
+        """The MLflow run(s) of a lost trial end KILLED, even one that finished before its result reached Optuna:
+        the trial does not count, so neither does its run. Found by tags too (the worker may have died before it
+        recorded the run id on the trial)."""
+        ids = {t.user_attrs.get("mlflow_run_id")} - {None}
+        try:
+            found = self.client.search_runs([self.experiment_id()], f"tags.study = '{study_name}' and "
+                                            f"tags.trial = '{t.number}'", max_results=50)
+            ids |= {r.info.run_id for r in found}
+            for run_id in ids:
+                run = self.client.get_run(run_id)
+                if run.info.status != "KILLED":
+                    self.client.set_tag(run_id, "failure.reason", "worker lost; trial retried")
+                    self.client.set_terminated(run_id, "KILLED")
+        except Exception as exc:  # finish() ends whatever is still RUNNING
+            print(f"rnnsuite: could not end the MLflow run of lost trial {study_name}#{t.number}: "
+                  f"{first_line(exc)}", file=sys.stderr)
+
     def _is_lost(self, t) -> bool:
         worker = t.user_attrs.get("worker", "")
+        started = t.datetime_start.timestamp() if t.datetime_start else 0
+        if not worker:  # killed between `ask` and recording its worker
+            return time.time() - started > NO_WORKER_GRACE
         beat = float(t.user_attrs.get("heartbeat", 0) or 0)
         host, _, pid = worker.rpartition(":")
         if host == self.host and pid.isdigit():
-            return not _pid_alive(int(pid))
-        started = t.datetime_start.timestamp() if t.datetime_start else 0
+            if not _pid_alive(int(pid)):
+                return True
+            recorded, now = t.user_attrs.get("worker_id"), _process_id(int(pid))
+            return recorded is not None and now is not None and recorded != now  # the pid was recycled
         return time.time() - max(beat, started) > GRACE
 
-    def _retry(self, study, t) -> None:
-        tries = int(t.user_attrs.get("retries", 0)) + 1
+    def _retry(self, study, t, lost: bool = False) -> None:
+        """Enqueue a failed search trial's configuration again; a kill always, a crash up to MAX_RETRIES times."""
+        tries = int(t.user_attrs.get("retries", 0)) + (0 if lost else 1)
         if tries > MAX_RETRIES:
             return
         attrs = {k: v for k, v in t.user_attrs.items() if k in ("config", "seed", "rank", "source_trial")}
@@ -516,36 +560,52 @@ class Sweep:
 
     # ------------------------------------------------------------------ confirmation queue
     def ensure_confirm_queue(self, cell: str) -> None:
-        """Enqueue the top-k configurations x seeds once the search of `cell` is finished."""
+        """Enqueue the top-k configurations x seeds once the search of `cell` is finished, and again every
+        (rank, seed) that has no live or finished trial (its worker was killed, or killed while enqueueing)."""
         from optuna.trial import TrialState
 
         confirm = self.study(cell, PHASE_CONFIRM)
-        if confirm.get_trials(deepcopy=False):
-            return
-        search = self.study(cell)
-        complete = [t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.value is not None and math.isfinite(t.value)]
-        complete.sort(key=lambda t: t.value, reverse=self.direction == "maximize")
-        chosen = complete[: self.spec.top_k]
-        if len(chosen) < self.spec.top_k:  # too few completed (pruned/diverged): fill with the best pruned
-            pruned = [t for t in search.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-                      if t.intermediate_values]
-            pruned.sort(key=lambda t: list(t.intermediate_values.values())[-1],
-                        reverse=self.direction == "maximize")
-            chosen += pruned[: self.spec.top_k - len(chosen)]
-        for rank, t in enumerate(chosen):
+        chosen = self._chosen(cell)
+        if chosen is None:
+            search = self.study(cell)
+            complete = [t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                        if t.value is not None and math.isfinite(t.value)]
+            complete.sort(key=lambda t: t.value, reverse=self.direction == "maximize")
+            picked = complete[: self.spec.top_k]
+            if len(picked) < self.spec.top_k:  # too few completed (pruned/diverged): fill with the best pruned
+                pruned = [t for t in search.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                          if t.intermediate_values]
+                pruned.sort(key=lambda t: list(t.intermediate_values.values())[-1],
+                            reverse=self.direction == "maximize")
+                picked += pruned[: self.spec.top_k - len(picked)]
+            # one write (derived from finished trials only, so every worker computes the same list); every
+            # search trial diverged: nothing can be confirmed, and the sweep must still be able to end
+            chosen = [{"rank": rank, "source_trial": t.number, "config": json.dumps(t.params)}
+                      for rank, t in enumerate(picked)]
+            confirm.set_user_attr("chosen", json.dumps(chosen))
+            confirm.set_user_attr("planned", len(chosen) * len(self.spec.seeds))
+            self._log_best(cell, search)
+        trials = confirm.get_trials(deepcopy=False)
+        live = {_confirm_key(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING,
+                                                                TrialState.COMPLETE, TrialState.PRUNED)}
+        settled = live | _given_up(trials)
+        for c in chosen:
             for seed in self.spec.seeds:
-                confirm.enqueue_trial({}, user_attrs={"config": json.dumps(t.params), "seed": seed,
-                                                      "rank": rank, "source_trial": t.number}, skip_if_exists=False)
-        # every search trial diverged: nothing can be confirmed, and the sweep must still be able to end
-        confirm.set_user_attr("planned", len(chosen) * len(self.spec.seeds))
-        self._log_best(cell, search)
+                if (c["rank"], seed) not in settled:
+                    confirm.enqueue_trial({}, user_attrs={"config": c["config"], "seed": seed, "rank": c["rank"],
+                                                          "source_trial": c["source_trial"]}, skip_if_exists=False)
+
+    def _chosen(self, cell: str) -> list[dict] | None:
+        attrs = self.study(cell, PHASE_CONFIRM).user_attrs
+        if "chosen" in attrs:
+            return json.loads(attrs["chosen"])
+        return None
 
     def confirm_planned(self, cell: str) -> int | None:
         """How many confirmation runs the cell gets (top_k x seeds, fewer if too few trials completed);
         None until its search has finished."""
-        planned = self.study(cell, PHASE_CONFIRM).user_attrs.get("planned")
-        return None if planned is None else int(planned)
+        chosen = self._chosen(cell)
+        return None if chosen is None else len(chosen) * len(self.spec.seeds)
 
     def _log_best(self, cell: str, search) -> None:
         try:
@@ -603,18 +663,19 @@ class Sweep:
         from optuna.trial import TrialState
 
         study = self.study(cell, phase)
+        trial = study.ask(distributions(self.spec.search)) if phase == PHASE_SEARCH else study.ask()
+        # first thing after `ask`: a trial without its worker can only be reaped after NO_WORKER_GRACE
+        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
+        trial.set_user_attr("worker_id", _process_id(os.getpid()))
+        trial.set_user_attr("heartbeat", time.time())
         if phase == PHASE_SEARCH:
-            trial = study.ask(distributions(self.spec.search))
             if not self._within_budget(study, trial):
                 study.tell(trial, state=TrialState.FAIL)
                 return
         else:
-            trial = study.ask()
             if "config" not in trial.user_attrs or self._duplicate_confirm(study, trial):
                 study.tell(trial, state=TrialState.FAIL)  # raced past the queue: no training was done
                 return
-        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
-        trial.set_user_attr("heartbeat", time.time())
         if phase == PHASE_SEARCH:
             params, seed = dict(trial.params), self.base_config().train.seed
         else:
@@ -625,16 +686,19 @@ class Sweep:
             outcome, value, reason = self._train(cell, phase, trial, params, seed)
         except KeyboardInterrupt:
             beat.stop()
+            trial.set_user_attr("fail_reason", "interrupted")
             study.tell(trial, state=TrialState.FAIL)
-            self._retry(study, trial_frozen(study, trial))
+            if phase == PHASE_SEARCH:
+                self._retry(study, trial_frozen(study, trial), lost=True)
             raise
         except Exception as exc:  # a crash: the trial does not count and is retried
             beat.stop()
             trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
+            trial.set_user_attr("crashed", True)
             study.tell(trial, state=TrialState.FAIL)
-            self._retry(study, trial_frozen(study, trial))
-            print(f"rnnsuite: trial {study.study_name}#{trial.number} crashed: {exc.__class__.__name__}: "
-                  f"{mask(str(exc)).splitlines()[0][:200] if str(exc) else ''}", file=sys.stderr)
+            if phase == PHASE_SEARCH:
+                self._retry(study, trial_frozen(study, trial))
+            print(f"rnnsuite: trial {study.study_name}#{trial.number} crashed: {first_line(exc)}", file=sys.stderr)
             return
         beat.stop()
         if outcome == "finished" and value is not None and math.isfinite(value):
@@ -644,8 +708,10 @@ class Sweep:
                 trial.set_user_attr("pruned_reason", reason)
             study.tell(trial, state=TrialState.PRUNED)
         else:  # killed
+            trial.set_user_attr("fail_reason", "interrupted")
             study.tell(trial, state=TrialState.FAIL)
-            self._retry(study, trial_frozen(study, trial))
+            if phase == PHASE_SEARCH:
+                self._retry(study, trial_frozen(study, trial), lost=True)
             raise KeyboardInterrupt
 
     def _within_budget(self, study, trial) -> bool:
@@ -662,10 +728,12 @@ class Sweep:
     def _duplicate_confirm(self, study, trial) -> bool:
         from optuna.trial import TrialState
 
+        # another trial of the same (rank, seed) finished or running: step back (two that start at the same
+        # moment both step back, and ensure_confirm_queue enqueues the slot again)
         key = _confirm_key(trial)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                           TrialState.RUNNING)):
-            if t.number < trial.number and _confirm_key(t) == key:
+            if t.number != trial.number and _confirm_key(t) == key:
                 trial.set_user_attr("fail_reason", "duplicate confirmation run; not trained")
                 return True
         return False
@@ -719,9 +787,13 @@ class Sweep:
         return rows
 
     def finish(self) -> None:
-        """Log each study's confirmation summary; end the parent runs FINISHED."""
+        """Log each study's confirmation summary; end the parent runs FINISHED and any trial run a kill left
+        RUNNING (the sweep is done: nothing of it runs any more) KILLED."""
+        self._end_orphans()
         for row in self.summary_rows():
             rid = self.study_run(row["cell"])
+            if "best/value" not in self.client.get_run(rid).data.metrics:  # a kill came before it was logged
+                self._log_best(row["cell"], self.study(row["cell"]))
             if row["confirm_mean"] is not None:
                 self.client.log_metric(rid, "confirm/mean", row["confirm_mean"])
                 self.client.log_metric(rid, "confirm/n", row["confirm_n"])
@@ -732,6 +804,18 @@ class Sweep:
         rid = self.sweep_run()
         if self.client.get_run(rid).info.status != "FINISHED":
             self.client.set_terminated(rid, "FINISHED")
+
+    def _end_orphans(self) -> None:
+        exp = self.experiment_id()
+        for run in self.client.search_runs([exp], f"attributes.status = 'RUNNING' and tags.sweep = "
+                                           f"'{self.spec.name}'", max_results=5000):
+            level = run.data.tags.get("rnnsuite.level")
+            if level == "trial":
+                self.client.set_tag(run.info.run_id, "failure.reason", "worker lost; trial retried")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            elif level in ("sweep", "study") and run.info.run_id not in (self.sweep_run(), *map(
+                    self.study_run, self.spec.cells)):  # a twin made by two machines starting at once
+                self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def progress_line(self) -> str:
         parts = []
@@ -766,6 +850,26 @@ def trial_frozen(study, trial):
 
 def _confirm_key(t) -> tuple:
     return (t.user_attrs.get("rank"), t.user_attrs.get("seed"))
+
+
+def _given_up(trials) -> set:
+    """Confirmation slots whose configuration crashed its worker more than MAX_RETRIES times."""
+    from collections import Counter
+
+    from optuna.trial import TrialState
+
+    crashes = Counter(_confirm_key(t) for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("crashed"))
+    return {key for key, n in crashes.items() if n > MAX_RETRIES}
+
+
+def _process_id(pid: int) -> str | None:
+    """boot id + start time of process `pid` (Linux): tells a live worker from another process that got its pid."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (after "pid (comm)")
+    except (OSError, IndexError):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -887,11 +991,9 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clo
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker per GPU
+        # the stores go by environment, not argv: a password on a command line is visible to every user (ps)
+        env.update(RNNSUITE_STORAGE=sweep.storage_url, MLFLOW_TRACKING_URI=sweep.tracking_uri)
         cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet"]
-        if storage:
-            cmd += ["--storage", storage]
-        if tracking_uri:
-            cmd += ["--tracking-uri", tracking_uri]
         procs.append(subprocess.Popen(cmd, env=env))
     last = ""
     try:

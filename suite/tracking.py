@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 import importlib.util
 from urllib.parse import urlsplit
@@ -60,9 +62,198 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "PGPASSWORD", "RNNSUITE_STORAGE_PASSWORD")
+# a URL's user:password@ (the password may hold '@' and ':'; the host part never holds '/'), and password=... in a
+# query string (SQLAlchemy and libpq accept both)
+_URL_PASSWORD = re.compile(r"(\w+://[^/\s:@]*:)([^/\s]+)(@)")
+_QUERY_PASSWORD = re.compile(r"((?:password|passwd|pwd)=)([^&\s'\"]+)", re.IGNORECASE)
+
+
 def mask(text: str) -> str:
-    """Replace the password of any URL in text with ***."""
-    return re.sub(r"(\w+://[^/\s:@]*:)([^@/\s]+)(@)", r"\1***\3", str(text))
+    """Replace every password in text with ***: in URLs (user:PASSWORD@host, ?password=...) and the values of the
+    credential environment variables (MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, PGPASSWORD)."""
+    text = _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", str(text)))
+    for name in SECRET_ENV:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 4:  # a 1-3 character "password" would mask half the output
+            text = text.replace(secret, "***")
+    return text
+
+
+# ------------------------------------------------------------------------------------------- servers that come back
+RETRY_ENV = "RNNSUITE_RETRY_S"
+RETRY_S = 600.0  # how long a sweep waits for a tracking server or database that went away before giving up
+
+
+def retry_patience() -> float:
+    try:
+        return max(0.0, float(os.environ.get(RETRY_ENV, RETRY_S)))
+    except ValueError:
+        return RETRY_S
+
+
+_TRANSIENT_WORDS = ("could not connect", "connection refused", "connection reset", "connection aborted",
+                    "server closed the connection", "terminating connection", "the database system is",
+                    "database is locked", "max retries exceeded", "timed out", "timeout", "broken pipe",
+                    "remote end closed", "no route to host", "network is unreachable", "temporarily unavailable",
+                    "ssl syscall", "eof detected", "too many 5", "too many error responses")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an error a server or database that is down, restarting or overloaded gives: worth retrying.
+
+    Walks the exception chain: MLflow wraps the requests/urllib3 error it gave up on, Optuna wraps SQLAlchemy's.
+    Wrong credentials, unknown runs and invalid values are not transient."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        module = type(exc).__module__ or ""
+        name = type(exc).__name__
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if module.startswith(("requests", "urllib3")) and name in (
+                "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "RetryError", "ChunkedEncodingError",
+                "MaxRetryError", "NewConnectionError", "ProtocolError", "ProxyError"):
+            return True
+        if module.startswith("sqlalchemy"):
+            if getattr(exc, "connection_invalidated", False) or name == "DisconnectionError":
+                return True
+            if name in ("OperationalError", "InterfaceError") and \
+                    any(w in str(exc).lower() for w in _TRANSIENT_WORDS):
+                return True
+        if module.startswith("psycopg") and any(w in str(exc).lower() for w in _TRANSIENT_WORDS):
+            return True
+        if name == "MlflowException" and getattr(exc, "error_code", "") in ("TEMPORARILY_UNAVAILABLE",
+                                                                            "REQUEST_LIMIT_EXCEEDED"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    text = mask(str(exc)).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0][:limit]}" if text else exc.__class__.__name__
+
+
+def retry(fn, what: str, patience: float | None = None):
+    """fn(), retried with exponential back-off (1, 2, 4 ... 30 s) while it fails with a transient error, for up
+    to `patience` seconds (RNNSUITE_RETRY_S, default 600); one line on stderr when waiting starts and ends."""
+    patience = retry_patience() if patience is None else patience
+    deadline = time.monotonic() + patience
+    delay, waited = 1.0, False
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            if not waited:
+                print(f"rnnsuite: {what} failed ({first_line(exc, 150)}); retrying for up to {patience:.0f} s",
+                      file=sys.stderr, flush=True)
+                waited = True
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+            continue
+        if waited:
+            print(f"rnnsuite: {what} succeeded again", file=sys.stderr, flush=True)
+        return result
+
+
+class RetryingClient:
+    """An MlflowClient whose every call is retried through `retry` (a tracking server restarting, a database
+    failing over); ``raw`` is the plain client for callers that handle failures themselves."""
+
+    def __init__(self, client, patience: float | None = None):
+        self.raw = client
+        self.patience = patience
+
+    def __getattr__(self, name):
+        attr = getattr(self.raw, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return retry(lambda: attr(*args, **kwargs), f"MLflow {name}", self.patience)
+
+        call.__name__ = name
+        return call
+
+
+def check_tracking(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, with one line, when a remote tracking store cannot be reached or refuses the credentials.
+
+    Called before anything is written: a typo in a URL must not leave half a sweep behind, nor wait through
+    MLflow's own retries (about four minutes). Local SQLite stores are created on demand and not probed."""
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        _check_http_tracking(uri, timeout)
+    elif scheme.startswith(("postgresql", "mysql")):
+        _check_database(uri, "MLflow tracking database", timeout)
+
+
+def _check_http_tracking(uri: str, timeout: float) -> None:
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "POST",
+                                max_retries=0, backoff_factor=0, timeout=timeout, raise_on_status=False,
+                                json={"max_results": 1})
+    except Exception as exc:
+        raise SuiteError(f"cannot reach MLflow tracking server {mask(uri)}: {_reason(exc)}") from None
+    if response.status_code in (401, 403):
+        raise SuiteError(f"MLflow tracking server {mask(uri)} refused the credentials (HTTP {response.status_code}); "
+                         "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if response.status_code >= 400:
+        raise SuiteError(f"MLflow tracking server {mask(uri)} answered HTTP {response.status_code} "
+                         f"(is this an MLflow server?)")
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a connection error, in a few words (requests' messages nest three exceptions deep)."""
+    text = mask(str(exc))
+    for pattern in (r"\[Errno -?\d+\] ([^'\")]+)", r"(Connection refused|timed out|Name or service not known)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1).strip()
+    return first_line(exc)
+
+
+def connect_args(url: str, timeout: float = 10.0) -> dict:
+    """Driver options for SQLAlchemy engines: a bounded connect time (an unroutable host would hang ~2 min)."""
+    if url.startswith("postgresql"):
+        return {"connect_timeout": int(timeout)}
+    if url.startswith("mysql"):
+        return {"connect_timeout": int(timeout)}
+    return {}
+
+
+def _check_database(url: str, what: str, timeout: float) -> None:
+    import sqlalchemy
+
+    url = sqlalchemy_url(url)
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args(url, timeout), poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as exc:
+        raise SuiteError(f"cannot open {what} {mask(url)}: the driver {exc.name!r} is not installed "
+                         "(pip install 'rnnsuite[postgres]')") from None
+    except Exception as exc:
+        raise SuiteError(f"cannot open {what} {mask(url)}: {database_reason(exc)}") from None
+
+
+def database_reason(exc: BaseException) -> str:
+    """The driver's own first line (psycopg2: 'connection to server ... failed: ...'), masked."""
+    orig = getattr(exc, "orig", None) or exc
+    text = mask(str(orig)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return exc.__class__.__name__
+    line = lines[0]
+    if len(lines) > 1 and lines[0].endswith(("failed:", "failed")):
+        line = f"{lines[0]} {lines[1]}"
+    return line[:250]
 
 
 def git_commit() -> str | None:

@@ -4,9 +4,12 @@ Used by ``rnnsuite train`` and by every sweep trial, so a trial is exactly a run
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -17,6 +20,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from . import __version__, tasks
 from .tasks.base import split_batch
@@ -26,7 +30,8 @@ from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .registry import SuiteError
 from .logger import SuiteLogger
-from .tracking import artifact_location, git_commit, mask, prepare_local_store, resolve_tracking_uri, runs_dir
+from .tracking import (RetryingClient, artifact_location, check_tracking, first_line, git_commit, mask,
+                       prepare_local_store, resolve_tracking_uri, runs_dir)
 
 STATUS_FINISHED, STATUS_FAILED, STATUS_KILLED = "FINISHED", "FAILED", "KILLED"
 
@@ -53,7 +58,10 @@ def resolve_device(name: str) -> str:
 
 
 def build_task(cfg: RunConfig):
-    return tasks.build(cfg.task.name, **cfg.task.options)
+    try:
+        return tasks.build(cfg.task.name, **cfg.task.options)
+    except (TypeError, ValueError, OverflowError) as exc:  # an option of the wrong type reaching the task's code
+        raise SuiteError(f"task {cfg.task.name!r}: bad option value ({first_line(exc)})") from None
 
 
 def chrono_horizon(cfg: RunConfig, task) -> int | None:
@@ -81,8 +89,8 @@ def build_model(cfg: RunConfig, task) -> SequenceModel:
                               tie_weights=m.tie_weights, **opts)
     except SuiteError as exc:
         raise SuiteError(f"model: {exc}") from None
-    except ValueError as exc:
-        raise SuiteError(f"model: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise SuiteError(f"model: {first_line(exc)}") from None
     if m.init == "uniform":
         model.reset_uniform(m.init_range)  # Zaremba et al. 2014: every parameter U(-r, r), embeddings too
     return model
@@ -131,6 +139,16 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     pl.seed_everything(cfg.train.seed, verbose=False)
     model = build_model(cfg, task)
     uri = resolve_tracking_uri(cfg.tracking.uri)
+    check_tracking(uri)  # an unreachable server or refused credentials: one line, nothing written
+    ckpt_root = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runs_dir() / "checkpoints"
+    restart_of, damage, resumed = None, "", None
+    if resume_run_id:
+        last = ckpt_root / resume_run_id / "last.ckpt"
+        if not last.exists():
+            raise SuiteError(f"run {resume_run_id} has no checkpoint at {last}; cannot resume it")
+        resumed, damage = load_checkpoint(last)
+        if damage:  # a truncated or corrupt file: train again from scratch rather than crash on every resume
+            restart_of, resume_run_id = resume_run_id, None
     prepare_local_store(uri)
     run_tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__,
                 "device": device, "seed": str(cfg.train.seed),
@@ -140,6 +158,8 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
         run_tags["git.commit"] = commit
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
+    if restart_of:
+        run_tags["rnnsuite.restart_of"] = restart_of
     logger = SuiteLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri,
                          run_name=cfg.tracking.run_name or None, tags=run_tags,
                          artifact_location=artifact_location(uri), run_id=resume_run_id)
@@ -149,23 +169,25 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
         raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
                          f"{mask(str(exc)).splitlines()[0][:200]}") from None
     client = logger.experiment
-    ckpt_root = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runs_dir() / "checkpoints"
     ckpt_dir = ckpt_root / run_id
     ckpt_path = None
     start_step = 0
+    if restart_of:
+        print(f"rnnsuite: the checkpoint of run {restart_of} is damaged ({damage}); training from step 0 again "
+              f"as run {run_id}", file=sys.stderr, flush=True)
+        client.set_tag(restart_of, "rnnsuite.restarted_as", run_id)
+        client.set_tag(restart_of, "failure.reason", f"checkpoint damaged ({damage}); restarted as run {run_id}")
     if resume_run_id:
         client.update_run(run_id, status="RUNNING")
-        last = ckpt_dir / "last.ckpt"
-        if not last.exists():
-            raise SuiteError(f"run {run_id} has no checkpoint at {last}; cannot resume it")
-        ckpt_path = str(last)
-        start_step = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
+        ckpt_path = str(ckpt_dir / "last.ckpt")
+        start_step = int(resumed.get("global_step", 0))
+        del resumed
     else:
         params = cfg.flat()
         params.update({"cell": cfg.model.cell, "n_params": count_params(model), "seed": cfg.train.seed,
                        "task.baseline": task.baseline.value, "task.baseline_metric": task.baseline.metric})
         logger.log_params(params)
-        client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+        client.log_text(run_id, mask(cfg.to_yaml()), "config.yaml")  # no password in an artifact
         client.set_tag(run_id, "rnnsuite.checkpoint_dir", str(ckpt_dir))
 
     data = TaskData(task, cfg.train.seed, start_step)
@@ -179,8 +201,15 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
                            mode="min" if task.direction == "minimize" else "max", save_last=True,
                            save_top_k=1, auto_insert_metric_name=False),
            _InterruptCheckpoint(ckpt_dir), StepTimer(cfg.train.log_every), *(callbacks or [])]
-    trainer = pl.Trainer(**_trainer_args(cfg, task, device), logger=logger, callbacks=cbs)
+    trainer = pl.Trainer(**_trainer_args(cfg, task, device), logger=logger, callbacks=cbs,
+                         plugins=[AtomicCheckpointIO()])
+    try:
+        return _fit(trainer, module, data, ckpt_path, task, logger, client, run_id)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _fit(trainer, module, data, ckpt_path, task, logger, client, run_id) -> RunResult:
     result = RunResult(run_id, STATUS_FINISHED)
     final: dict[str, float] = {}
     try:
@@ -205,12 +234,82 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
         client.set_tag(run_id, "failure.reason", result.reason)
     except Exception as exc:
         reason = f"{exc.__class__.__name__}: {mask(str(exc))[:300]}"
-        client.set_tag(run_id, "failure.reason", reason)
-        logger.terminate(STATUS_FAILED)
+        with contextlib.suppress(Exception):  # the tracking server may be what failed: keep the first error
+            client.set_tag(run_id, "failure.reason", reason)
+            logger.terminate(STATUS_FAILED)
         raise
     result.metrics = final or _scalars(trainer.callback_metrics)
     logger.terminate(result.status)
     return result
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically: a temporary file in the checkpoint's own folder, fsync, then os.replace.
+
+    A process killed mid-write leaves the previous checkpoint intact (or none), never a truncated one. Lightning's
+    own save stages the bytes in the system temp folder and moves them, which is a copy (not atomic) when that
+    folder is another file system (a tmpfs /tmp), leaves the whole file behind there when killed, and syncs
+    nothing to disk.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX: a directory entry is data of the directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of writers that died mid-save (``.NAME.PID.tmp`` whose PID is gone)."""
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_checkpoint(path: Path) -> tuple[dict | None, str]:
+    """(the checkpoint, "") if `path` loads as a Lightning checkpoint, else (None, what is wrong with it)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated: "PytorchStreamReader failed reading zip archive", EOFError, ...
+        return None, first_line(exc, 120)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        return None, "not a Lightning checkpoint"
+    return ckpt, ""
 
 
 class TaskData(pl.LightningDataModule):
@@ -348,11 +447,17 @@ def load_run_config(tracking_uri: str | None, run_id: str) -> RunConfig:
     import mlflow
     import yaml
 
-    client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise SuiteError(f"cannot resume run {run_id!r}: no MLflow database at {uri[len('sqlite:///'):]}")
+    check_tracking(uri)
+    client = mlflow.MlflowClient(uri)
     try:
         client.get_run(run_id)
         path = client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp())
     except Exception as exc:
-        raise SuiteError(f"cannot resume run {run_id!r}: {exc.__class__.__name__}: {str(exc)[:200]}") from None
-    return build_config(yaml.safe_load(Path(path).read_text()))
+        raise SuiteError(f"cannot resume run {run_id!r}: {first_line(exc)}") from None
+    cfg = build_config(yaml.safe_load(Path(path).read_text()))
+    cfg.tracking.uri = uri  # the logged copy has its password masked: use the store the run was found in
+    return cfg
 

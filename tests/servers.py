@@ -101,80 +101,153 @@ def postgres_bin() -> Path:
                        "install them: apt-get install -y postgresql")
 
 
-@contextlib.contextmanager
-def postgres_server(tmp_dir: str | os.PathLike | None = None):
-    """A fresh PostgreSQL cluster on 127.0.0.1 with password (scram-sha-256) authentication.
+class PostgresCluster:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 with password (scram-sha-256) authentication.
 
-    Yields postgresql://rnnsuite:PASSWORD@127.0.0.1:PORT/rnnsuite (user and database `rnnsuite`); a wrong password
-    is refused. The cluster lives in a postgres-owned folder under the system temp dir (pytest's tmp_path is
-    root-only, so the `postgres` user could not enter it); its server log is copied to tmp_dir/postgres.log at
-    the end when tmp_dir is given. Stopped (pg_ctl stop -m fast) and removed on exit.
+    ``url`` is postgresql://rnnsuite:PASSWORD@127.0.0.1:PORT/rnnsuite (user and database `rnnsuite`); a wrong
+    password is refused. ``stop()``/``start()``/``restart()`` keep the data, port and password (for tests of a
+    database that goes away mid-sweep). The cluster lives in a postgres-owned folder under the system temp dir
+    (pytest's tmp_path is root-only, so the `postgres` user could not enter it).
     """
-    bindir = postgres_bin()
-    as_root = os.geteuid() == 0
-    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
-    base = Path(tempfile.mkdtemp(prefix="rnnsuite-pg-"))
-    data, pwfile, log = base / "data", base / "pwfile", base / "postgres.log"
-    password = secrets.token_hex(12)
-    pwfile.write_text(password + "\n")
-    pwfile.chmod(0o600)
-    if as_root:
-        shutil.chown(base, "postgres", "postgres")
-        shutil.chown(pwfile, "postgres", "postgres")
-    port = free_port()
-    started = False
 
-    def run(cmd, **kwargs):
-        out = subprocess.run(prefix + cmd, capture_output=True, text=True, timeout=120, **kwargs)
+    def __init__(self):
+        self.bindir = postgres_bin()
+        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.base = Path(tempfile.mkdtemp(prefix="rnnsuite-pg-"))
+        self.data, self.pwfile, self.log = self.base / "data", self.base / "pwfile", self.base / "postgres.log"
+        self.password = secrets.token_hex(12)
+        self.port = free_port()
+        self.url = f"postgresql://{PG_USER}:{self.password}@127.0.0.1:{self.port}/{PG_DB}"
+        self.running = False
+
+    def _run(self, cmd, **kwargs):
+        # cwd=/: the postgres user may not enter the caller's working folder
+        out = subprocess.run(self.prefix + cmd, capture_output=True, text=True, timeout=120, cwd="/", **kwargs)
         if out.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:2])} failed ({out.returncode}): {out.stderr.strip()[-2000:]}\n"
-                               f"{_tail(log)}")
+                               f"{_tail(self.log)}")
         return out
 
-    try:
-        run([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "-A", "scram-sha-256",
-             "-E", "UTF8", "--no-locale", "--no-sync"])
-        run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-             f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off", "start"])
-        started = True
-        run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, PG_DB],
-            env={**os.environ, "PGPASSWORD": password})
-        yield f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/{PG_DB}"
-    finally:
+    def create(self) -> None:
+        self.pwfile.write_text(self.password + "\n")
+        self.pwfile.chmod(0o600)
+        if self.prefix:
+            shutil.chown(self.base, "postgres", "postgres")
+            shutil.chown(self.pwfile, "postgres", "postgres")
+        self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", PG_USER, f"--pwfile={self.pwfile}",
+                   "-A", "scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync"])
+        self.start()
+        self._run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, PG_DB],
+                  env={**os.environ, "PGPASSWORD": self.password})
+
+    def start(self) -> None:
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o",
+                   f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c full_page_writes=off", "start"])
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop: `fast` ends every session (clients see their connections closed), as a restart does."""
+        subprocess.run(self.prefix + [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t",
+                                      "60", "stop"], capture_output=True, timeout=90, cwd="/")
+        self.running = False
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE name; returns its URL (same user and password)."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+    def remove(self, tmp_dir=None) -> None:
         try:
-            if started:
-                subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60",
-                                         "stop"], capture_output=True, timeout=90)
+            if self.running:
+                self.stop()
         finally:
-            if tmp_dir is not None and log.exists():
+            if tmp_dir is not None and self.log.exists():
                 with contextlib.suppress(OSError):
-                    shutil.copyfile(log, Path(tmp_dir) / "postgres.log")
-            shutil.rmtree(base, ignore_errors=True)
+                    shutil.copyfile(self.log, Path(tmp_dir) / "postgres.log")
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_cluster(tmp_dir: str | os.PathLike | None = None):
+    """A started PostgresCluster; stopped (pg_ctl stop -m fast) and removed on exit, its server log copied to
+    tmp_dir/postgres.log when tmp_dir is given."""
+    cluster = PostgresCluster()
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        cluster.remove(tmp_dir)
+
+
+@contextlib.contextmanager
+def postgres_server(tmp_dir: str | os.PathLike | None = None):
+    """A fresh PostgreSQL cluster (see PostgresCluster); yields its postgresql:// URL."""
+    with postgres_cluster(tmp_dir) as cluster:
+        yield cluster.url
 
 
 # ------------------------------------------------------------------------------------------------ MLflow
 
-@contextlib.contextmanager
-def mlflow_server(backend_url: str, artifacts_dir: str | os.PathLike, timeout: float = 180.0):
-    """A real `mlflow server` on 127.0.0.1 (free port, one worker) over `backend_url`; yields its http:// URL.
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (one worker) over `backend_url`; ``stop()`` and ``start()`` keep its
+    port, so clients see a server that went away and came back.
 
     Artifacts are proxied by the server (mlflow-artifacts:/) into `artifacts_dir`. The backend URL goes through
     MLFLOW_BACKEND_STORE_URI, so its password is not on a command line. The server log is
     artifacts_dir/../mlflow-server.log and is quoted in the error when the server does not come up.
     """
-    artifacts = Path(artifacts_dir).resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    log = artifacts.parent / "mlflow-server.log"
-    port = free_port()
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--artifacts-destination", artifacts.as_uri()]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+
+    def __init__(self, backend_url: str, artifacts_dir: str | os.PathLike, port: int | None = None,
+                 extra_args: list[str] | None = None, env: dict | None = None):
+        self.artifacts = Path(artifacts_dir).resolve()
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.log = self.artifacts.parent / "mlflow-server.log"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    **(env or {})}
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+        self.cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--workers", "1", "--artifacts-destination", self.artifacts.as_uri(), *(extra_args or [])]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        wait_http(self.url + "/health", timeout, self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def mlflow_server_process(backend_url: str, artifacts_dir: str | os.PathLike, timeout: float = 180.0, **kwargs):
+    """A started MlflowServer, stopped on exit."""
+    server = MlflowServer(backend_url, artifacts_dir, **kwargs)
     try:
-        wait_http(url + "/health", timeout, proc, log)
-        yield url
+        server.start(timeout)
+        yield server
     finally:
-        stop_process_group(proc)
+        server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_url: str, artifacts_dir: str | os.PathLike, timeout: float = 180.0):
+    """A real `mlflow server` (see MlflowServer) on a free port; yields its http:// URL."""
+    with mlflow_server_process(backend_url, artifacts_dir, timeout) as server:
+        yield server.url

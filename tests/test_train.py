@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import mlflow
@@ -139,6 +141,48 @@ def test_interrupted_run_is_killed_and_resumes_its_steps_and_run(store):
     steps = [h.step for h in client.get_metric_history(first.run_id, "train/loss")]
     assert steps == [4, 9, 14, 19, 24, 29]  # one history, continued where it stopped
     assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_damaged_checkpoint_is_detected_and_the_run_trained_again(store, capfd):
+    cfg = config(store, ADDING, "gru", 30, **{"model.hidden_size": 8, "train.log_every": 5, "train.val_every": 10})
+    first = run(cfg, callbacks=[StopAt(12)])
+    last = store["root"] / "ckpt" / first.run_id / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a torn write
+    second = run(cfg, resume_run_id=first.run_id)  # neither a crash nor a crash loop
+    assert second.status == "FINISHED" and second.run_id != first.run_id
+    assert f"the checkpoint of run {first.run_id} is damaged" in capfd.readouterr().err
+    client = mlflow.MlflowClient(store["uri"])
+    old, new = client.get_run(first.run_id), client.get_run(second.run_id)
+    assert old.data.tags["rnnsuite.restarted_as"] == second.run_id and "damaged" in old.data.tags["failure.reason"]
+    assert new.data.tags["rnnsuite.restart_of"] == first.run_id
+    assert [h.step for h in client.get_metric_history(second.run_id, "train/loss")] == [4, 9, 14, 19, 24, 29]
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    """A temporary file beside the checkpoint, synced, then renamed over it; a write that dies leaves the old one."""
+    from suite.train import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "ckpt" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "state_dict": {}}, path)
+    synced, replaced = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: replaced.append((Path(a), Path(b))) or real_replace(a, b))
+    io.save_checkpoint({"global_step": 2, "state_dict": {}}, path)
+    assert torch.load(path, weights_only=False)["global_step"] == 2
+    (tmp_file, target), = replaced
+    assert target == path and tmp_file.parent == path.parent and tmp_file.name.startswith(".last.ckpt.")
+    assert len(synced) >= 2  # the file before the rename, the folder after it
+
+    def torn(obj, f, *args, **kwargs):  # the process dies after part of the bytes reached the disk
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 3, "state_dict": {}}, path)
+    assert torch.load(path, weights_only=False)["global_step"] == 2  # the previous checkpoint, whole
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # and nothing else
 
 
 def test_lm_smoke_two_layer_lstm(store):

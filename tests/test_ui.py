@@ -98,6 +98,11 @@ def test_ui_serves_mlflow_and_dashboard_then_stops_on_sigint(tmp_path, store):
         studies = json.loads(http_get(f"{dash_url}/api/studies"))
         assert [s["study_name"] for s in studies["study_summaries"]] == [STUDY]
 
+        # every socket the servers listen on is on the loopback interface: nothing is exposed to the network
+        listening = _listening(_descendants(proc.pid))
+        assert {port, dash_port} <= {p for _, p in listening}, listening
+        assert all(addr in ("127.0.0.1", "::1") for addr, _ in listening), listening
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert port_is_free(port) and port_is_free(dash_port)
@@ -122,6 +127,52 @@ def test_ui_stops_mlflow_when_the_dashboard_dies_and_masks_the_password(tmp_path
     assert len(err) == 1 and "optuna-dashboard exited early" in err[0] and "Connection refused" in err[0], err
     assert "s3cret-pw" not in out.stdout + out.stderr and "rnnsuite:***@" in out.stdout
     assert port_is_free(port)
+
+
+def _descendants(pid: int) -> set[int]:
+    """pid and every process below it (the servers run in their own sessions, so not by process group)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state held by one of `pids` (Linux /proc)."""
+    import ipaddress
+
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # host-order words
+            addr = str(ipaddress.ip_address(raw))
+            if addr.startswith("::ffff:"):
+                addr = addr[7:]
+            out.append((addr, int(hex_port, 16)))
+    return out
 
 
 # ------------------------------------------------------------------------------------ refusals, in process
@@ -180,6 +231,27 @@ def test_ui_refuses_a_missing_store_and_creates_nothing(tmp_path, capsys, no_chi
     assert _ui() == 2
     assert "no MLflow database at" in capsys.readouterr().err
     assert not (tmp_path / "home").exists()
+
+
+def test_ui_on_another_host_warns_first(tmp_path, capsys, no_children, clean_env):
+    (tmp_path / "mlflow.db").touch()
+    (tmp_path / "optuna.journal").touch()
+    with socket.socket() as taken:  # so that nothing starts: the warning comes before any check
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        code = _ui("--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", tmp_path / "optuna.journal",
+                   "--host", "0.0.0.0", "--port", taken.getsockname()[1], "--dashboard-port", free_port())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 2
+    assert err[0].startswith("rnnsuite: warning: --host 0.0.0.0") and "no authentication" in err[0]
+    assert "already in use" in err[1]
+
+
+def test_ui_binds_loopback_unless_told_otherwise():
+    from suite.cli import build_parser
+
+    args = build_parser().parse_args(["ui"])
+    assert args.host == "127.0.0.1"
 
 
 def test_host_warning_only_off_loopback():
