@@ -1,0 +1,337 @@
+"""Reading a sweep back for a report: MLflow runs (search_runs into pandas), histories, profiles, Optuna studies.
+
+Every store is checked before it is opened, so an unknown sweep or an unreachable store is one line and nothing is
+written (no empty SQLite file, no journal). Only what a report needs is read: the final values of every trial run
+(one paged search), and metric histories and gradient-profile artifacts of the confirmation runs alone (a few per
+cell), so a report over a thousand trials reads in seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pandas as pd
+
+from .registry import SuiteError
+from .tracking import mask
+
+LEVEL_TAG = "rnnsuite.level"
+PAGE = 5000  # runs per search_runs page
+PROFILE = "diagnostics/grad_profile.csv"
+TAGS_KEPT = ("cell", "phase", "trial", "seed", "study", "task", "confirm.rank", "confirm.source_trial", "device",
+             "git.commit", "rnnsuite.version", "pruned.reason", "pruned.step", "failure.reason", "failure.step",
+             "mlflow.parentRunId", "rnnsuite.command")
+
+
+@dataclass
+class SweepData:
+    """Everything a report is computed from; tables and figures never touch the stores again."""
+
+    name: str
+    tracking_uri: str
+    storage_url: str
+    parent: Any  # the sweep's parent MLflow run (an mlflow.entities.Run)
+    spec: dict  # the sweep as its parent run's params describe it (cells, metric, direction, budget, seeds...)
+    runs: pd.DataFrame  # one row per trial run; columns run_id, status, tags.*, params.*, metrics.*
+    histories: pd.DataFrame  # run_id, key, step, value: confirmation runs only
+    profiles: pd.DataFrame  # run_id, step, state, t, norm: ||dL/dh_t|| of confirmation runs
+    trials: dict[str, dict[str, list]]  # cell -> {"search": [FrozenTrial], "confirm": [FrozenTrial]}
+    search_studies: dict[str, Any]  # cell -> optuna Study (for hyperparameter importance)
+    confirm_planned: dict[str, int | None]  # cell -> confirmation runs enqueued (None until its search ended)
+    task: Any = None  # the Task (baseline, solved, published), None if it cannot be rebuilt here
+    task_note: str = ""  # why the task could not be rebuilt
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- the stores
+def check_tracking(uri: str) -> None:
+    """Refuse a missing SQLite file (MLflow would create an empty one) or an unreachable server or database
+    (one short probe by tracking.check_tracking: MLflow's own client retries for minutes)."""
+    from . import tracking
+
+    if urlsplit(uri).scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise SuiteError(f"no MLflow database at {path}; run `rnnsuite sweep` first (or pass --tracking-uri)")
+        return
+    tracking.check_tracking(uri)
+
+
+def mlflow_client(uri: str):
+    import mlflow
+
+    check_tracking(uri)
+    try:
+        return mlflow.MlflowClient(uri)
+    except Exception as exc:  # e.g. a database server that refuses the connection
+        raise SuiteError(f"cannot open MLflow tracking at {mask(uri)}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (mask(str(exc)).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+
+
+def find_parent(client, name: str, uri: str):
+    """(experiment id, the sweep's parent run); an unknown name lists the sweeps the store holds."""
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            known = sorted(e.name for e in client.search_experiments(max_results=1000)
+                           if e.tags.get("rnnsuite.sweep"))
+            raise SuiteError(f"no sweep named {name!r} in MLflow at {mask(uri)}; sweeps there: "
+                             f"{', '.join(known) or 'none'}")
+        found = client.search_runs([exp.experiment_id], f"tags.`{LEVEL_TAG}` = 'sweep'",
+                                   order_by=["attributes.start_time ASC"], max_results=1)
+    except SuiteError:
+        raise
+    except Exception as exc:
+        raise SuiteError(f"cannot read MLflow tracking at {mask(uri)}: {_first_line(exc)}") from None
+    if not found:
+        raise SuiteError(f"experiment {name!r} in MLflow at {mask(uri)} has no rnnsuite sweep run")
+    return exp.experiment_id, found[0]
+
+
+def choose_storage(flag: str | None, parent) -> str:
+    """--storage, else $RNNSUITE_STORAGE, else where the sweep says it stored its studies (when that is a
+    local path or an unmasked URL that exists here), else the embedded journal."""
+    from .storage import is_journal, storage_url
+
+    if flag or os.environ.get("RNNSUITE_STORAGE"):
+        return storage_url(flag)
+    recorded = parent.data.params.get("storage", "")
+    if recorded and "***" not in recorded:
+        local = Path(recorded) if is_journal(recorded) else \
+            Path(recorded[len("sqlite:///"):]) if recorded.startswith("sqlite:///") else None
+        if local is None or local.is_file():
+            return recorded
+    return storage_url(None)
+
+
+def open_optuna(url: str):
+    from .storage import open_storage
+
+    return open_storage(url, create=False)
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+def parse_spec(parent, run_cells: list[str]) -> dict:
+    """The sweep's definition from its parent run's params (logged by Sweep.prepare)."""
+    p = parent.data.params
+    cells = [c for c in p.get("cells", "").split(",") if c] or run_cells
+    seeds = [int(s) for s in p.get("confirm.seeds", "").split(",") if s.strip()]
+    spec = {"cells": cells, "metric": p.get("metric", ""), "direction": p.get("direction", "minimize"),
+            "trials": int(p.get("trials_per_cell", 0) or 0), "steps": int(p.get("steps", 0) or 0),
+            "epochs": int(p.get("epochs", 0) or 0), "top_k": int(p.get("confirm.top_k", 1) or 1),
+            "seeds": seeds, "param_match": int(p.get("param_match", 0) or 0), "storage": p.get("storage", ""),
+            "task": parent.data.tags.get("task", ""), "description": parent.data.tags.get("description", "")}
+    for key in ("search", "sampler", "pruner"):
+        try:
+            spec[key] = json.loads(p.get(key, "{}"))
+        except ValueError:
+            spec[key] = {}
+    return spec
+
+
+def search_frame(client, experiment_id: str) -> pd.DataFrame:
+    """Every run of the experiment in MLflow's search_runs layout (tags.*, params.*, metrics.*), paged."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=PAGE, page_token=token)
+        for run in page:
+            row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time,
+                   "end_time": run.info.end_time, "run_name": run.info.run_name,
+                   "level": run.data.tags.get(LEVEL_TAG, "")}
+            row.update({f"tags.{k}": v for k, v in run.data.tags.items() if k in TAGS_KEPT})
+            row.update({f"params.{k}": v for k, v in run.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows)
+
+
+def trial_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trial-level runs with typed columns the tables use: cell, phase, trial, seed, rank, n_params, steps."""
+    runs = frame[frame["level"] == "trial"].copy() if len(frame) else frame.copy()
+    if runs.empty:
+        return pd.DataFrame(columns=["run_id", "status", "cell", "phase", "trial", "seed", "rank", "n_params",
+                                     "stopped_at", "steps", "train_s"])
+    def num(col):
+        return pd.to_numeric(runs[col], errors="coerce") if col in runs else pd.Series(math.nan, index=runs.index)
+
+    runs["cell"] = runs.get("tags.cell")
+    runs["phase"] = runs.get("tags.phase")
+    runs["trial"] = num("tags.trial")
+    runs["seed"] = num("tags.seed")
+    runs["rank"] = num("tags.confirm.rank")
+    runs["n_params"] = num("params.n_params")
+    runs["stopped_at"] = num("tags.pruned.step").fillna(num("tags.failure.step"))
+    runs["steps"] = runs["stopped_at"].fillna(num("params.train.steps"))  # pruned or diverged: fewer steps
+    runs["train_s"] = num("metrics.time/train_s")
+    return runs.reset_index(drop=True)
+
+
+def _count_epochs(runs: pd.DataFrame, task) -> None:
+    """Runs of a sweep that budgets epochs (LM) trained epochs x steps_per_epoch steps, not train.steps."""
+    per_epoch = getattr(task, "steps_per_epoch", None)
+    if not len(runs) or not per_epoch or "params.train.epochs" not in runs:
+        return
+    epochs = pd.to_numeric(runs["params.train.epochs"], errors="coerce")
+    whole = (epochs > 0) & runs["stopped_at"].isna()
+    runs.loc[whole, "steps"] = epochs[whole] * per_epoch
+
+
+def load_trials(storage, spec: dict, task_label: str, name: str):
+    """Search and confirmation trials of every cell from Optuna; a study not created yet is empty."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    known = {s.study_name for s in storage.get_all_studies()}
+    trials, studies, planned = {}, {}, {}
+    for cell in spec["cells"]:
+        base = f"{name}/{task_label}/{cell}"
+        trials[cell] = {"search": [], "confirm": []}
+        planned[cell] = None
+        if base in known:
+            studies[cell] = optuna.load_study(study_name=base, storage=storage)
+            trials[cell]["search"] = studies[cell].get_trials(deepcopy=False)
+        if base + "/confirm" in known:
+            confirm = optuna.load_study(study_name=base + "/confirm", storage=storage)
+            trials[cell]["confirm"] = confirm.get_trials(deepcopy=False)
+            value = confirm.user_attrs.get("planned")
+            planned[cell] = None if value is None else int(value)
+    if not any(f"{name}/{task_label}/{c}" in known for c in spec["cells"]):
+        sweeps = sorted({n.split("/")[0] for n in known})
+        raise SuiteError(f"the Optuna storage holds no study of sweep {name!r} (it has: "
+                         f"{', '.join(sweeps) or 'none'}); pass the sweep's --storage")
+    return trials, studies, planned
+
+
+def rebuild_task(runs: pd.DataFrame, task_label: str):
+    """The Task of the sweep from a trial run's task.* params (typed back by YAML), else from its label."""
+    import yaml
+
+    from . import tasks
+
+    if len(runs):
+        row = runs.iloc[0]
+        options = {}
+        for col, value in row.items():
+            key = col[len("params.task."):] if col.startswith("params.task.") else None
+            if key and key not in ("name", "baseline", "baseline_metric") and isinstance(value, str):
+                options[key] = None if value == "None" else yaml.safe_load(value)
+        name = row.get("params.task.name")
+    else:
+        name, options = task_label, {}
+        if task_label in tasks.named_settings():
+            section = dict(tasks.load_settings(task_label)["task"])
+            name = section.pop("name")
+            options = section
+    try:
+        return tasks.build(name, **options), ""
+    except Exception as exc:  # e.g. a corpus folder that is not on this machine
+        return None, f"task {name!r} could not be rebuilt here ({str(exc).splitlines()[0][:160]})"
+
+
+# ---------------------------------------------------------------------------------------------- histories
+def history_keys(row: pd.Series, metric: str, baseline_metric: str | None) -> list[str]:
+    """The metric histories a confirmation run contributes: the objective, the baseline's metric, the global
+    gradient norm and the gate statistics."""
+    keys = {metric, "train/grad_norm"}
+    if baseline_metric:
+        keys.add(f"val/{baseline_metric}")
+    for col in row.index:
+        if col.startswith("metrics.gates/") and pd.notna(row[col]):
+            keys.add(col[len("metrics."):])
+    return sorted(k for k in keys if f"metrics.{k}" in row.index and pd.notna(row[f"metrics.{k}"]))
+
+
+def load_histories(client, confirm: pd.DataFrame, metric: str, baseline_metric: str | None) -> pd.DataFrame:
+    jobs = [(r.run_id, key) for _, r in confirm.iterrows() for key in history_keys(r, metric, baseline_metric)]
+
+    def fetch(job):
+        run_id, key = job
+        return [(run_id, key, m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # latency-bound (a server, or SQLite reads): overlap them
+        parts = list(pool.map(fetch, jobs))
+    rows = [row for part in parts for row in part]
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+
+
+@contextmanager
+def _no_progress_bars():
+    """MLflow draws a progress bar per downloaded artifact; a report downloads dozens."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def load_profiles(client, confirm: pd.DataFrame) -> pd.DataFrame:
+    """The ||dL/dh_t|| profiles (diagnostics/grad_profile.csv) of the confirmation runs that logged one."""
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="rnnsuite-report-") as tmp, _no_progress_bars():
+        for run_id in confirm["run_id"]:
+            try:
+                path = client.download_artifacts(run_id, PROFILE, str(Path(tmp) / run_id))
+            except Exception:
+                continue  # a run stopped before its first diagnostics
+            frame = pd.read_csv(path)
+            frame.insert(0, "run_id", run_id)
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "step", "state", "t", "norm"])
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------- all of it
+def sweep_name(name_or_file: str) -> str:
+    """NAME, or the `name:` of a sweep file when NAME looks like one (a .yaml path)."""
+    if name_or_file.endswith((".yaml", ".yml")) or "/" in name_or_file or Path(name_or_file).is_file():
+        from .sweep import load_sweep
+
+        return load_sweep(name_or_file).name
+    return name_or_file
+
+
+def load(name: str, storage_flag: str | None, tracking_uri: str | None) -> SweepData:
+    """Check the stores, find the sweep and read everything the report needs. Writes nothing."""
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = mlflow_client(uri)
+    experiment_id, parent = find_parent(client, name, uri)
+    storage_url = choose_storage(storage_flag, parent)
+    storage = open_optuna(storage_url)
+    frame = search_frame(client, experiment_id)
+    runs = trial_runs(frame)
+    spec = parse_spec(parent, sorted(runs["cell"].dropna().unique()) if len(runs) else [])
+    task_label = spec["task"]
+    trials, studies, planned = load_trials(storage, spec, task_label, name)
+    task, note = rebuild_task(runs, task_label)
+    _count_epochs(runs, task)
+    if not spec["metric"] and task is not None:
+        spec["metric"] = f"val/{task.metric}"
+    baseline_metric = task.baseline.metric if task is not None else None
+    confirm = runs[(runs["phase"] == "confirm") & (runs["status"] == "FINISHED")] if len(runs) else runs
+    histories = load_histories(client, confirm, spec["metric"], baseline_metric)
+    profiles = load_profiles(client, confirm)
+    return SweepData(name=name, tracking_uri=uri, storage_url=storage_url, parent=parent, spec=spec, runs=runs,
+                     histories=histories, profiles=profiles, trials=trials, search_studies=studies,
+                     confirm_planned=planned, task=task, task_note=note)

@@ -1,0 +1,278 @@
+"""The figures of a comparison report (matplotlib, Agg, PNG at 100 dpi), drawn from the analysis' frames only.
+
+Each function returns a Figure record or None when there is nothing to draw (a sweep still at its first trial);
+the CSVs beside the report hold the same numbers, so every figure can be redrawn elsewhere.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from .report_tables import Analysis, label
+
+DPI = 100  # figures stay under ~150 kB each; the HTML inlines them all
+STEP = "training step (optimizer updates)"
+
+
+@dataclass
+class Figure:
+    name: str  # file name, e.g. learning_curves.png
+    png: bytes
+    caption: str
+    alt: str
+    data: str  # the CSV that holds its numbers
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False, "legend.fontsize": 8})
+    return plt
+
+
+def _colors(cells: list[str]) -> dict[str, tuple]:
+    """One fixed colour per cell in every figure (tab10 order of the sweep's cells)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {c: cmap(i % 10) for i, c in enumerate(cells)}
+
+
+def _shared_legend(fig, axes) -> None:
+    """One legend under a row of panels (every panel draws the same cells in the same colours)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(name, handle)
+    fig.tight_layout(rect=(0, 0.1 if seen else 0, 1, 1))
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), 11), frameon=False)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _baseline(ax, an: Analysis, metric: str) -> list[float]:
+    """Draw the task's baseline where the axis shows its metric; returns [value] (for the axis scale) or []."""
+    task = an.data.task
+    if task is not None and metric.rpartition("/")[2] == task.baseline.metric:
+        ax.axhline(task.baseline.value, color="0.3", ls="--", lw=1.2,
+                   label=f"baseline {task.baseline.value:.4g}")
+        return [task.baseline.value]
+    return []
+
+
+def _log_if_positive(ax, values) -> None:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) and (v > 0).all() and v.max() / v.min() > 20:
+        ax.set_yscale("log")
+
+
+# ---------------------------------------------------------------------------------------------- 3. learning curves
+def learning_curves(an: Analysis) -> Figure | None:
+    """The objective (and the baseline's metric, if another) against steps: mean line, ±1 sd band over seeds."""
+    frame = an.frames["curves"]
+    keys = [an.metric]
+    task = an.data.task
+    if task is not None and task.baseline.metric != an.short:
+        keys.append(f"val/{task.baseline.metric}")
+    keys = [k for k in keys if (frame["key"] == k).any()]
+    if not keys:
+        return None
+    plt = _plt()
+    colors = _colors(an.cells)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.4 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        part = frame[frame["key"] == key]
+        for cell in an.cells:
+            c = part[part["cell"] == cell].sort_values("step")
+            if c.empty:
+                continue
+            ax.plot(c["step"], c["mean"], color=colors[cell], lw=1.6, label=f"{cell} (n={int(c['n'].max())})")
+            ax.fill_between(c["step"], c["min"], c["max"], color=colors[cell], alpha=0.18, lw=0)
+        _log_if_positive(ax, [*part["min"], *part["max"], *_baseline(ax, an, key)])
+        ax.set_xlabel(STEP)
+        ax.set_ylabel(label(key))
+        ax.set_title(f"{label(key)} during training (confirmed configuration)")
+        ax.legend(loc="best")
+    return Figure("learning_curves.png", _png(fig),
+                  f"Learning curves: {', '.join(label(k) for k in keys)} against training steps; line: mean over the "
+                  "seeds of each cell's confirmed configuration, band: their range (lowest to highest seed); dashed: "
+                  "the task's baseline.", "learning curves per cell", "curves.csv")
+
+
+# ---------------------------------------------------------------------------------------------- 4. gradient flow
+def gradient_flow(an: Analysis) -> Figure | None:
+    """||dL/dh_t|| against t at the start and end of training (log scale), and the global gradient norm."""
+    prof = an.frames["grad_profile"]
+    prof = prof[prof["state"] == "h"] if len(prof) else prof
+    norms = an.frames["curves"]
+    norms = norms[norms["key"] == "train/grad_norm"] if len(norms) else norms
+    if prof.empty and norms.empty:
+        return None
+    plt = _plt()
+    colors = _colors(an.cells)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, when in zip(axes[:2], ("start", "end")):
+        _profile_panel(ax, an, prof, when, colors)
+    _lines(axes[2], an, norms, "step", colors)
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel(STEP)
+    axes[2].set_ylabel("global gradient norm (before clipping)")
+    axes[2].set_title("train/grad_norm, mean over seeds")
+    _shared_legend(fig, axes)
+    return Figure("gradient_flow.png", _png(fig),
+                  "Gradient flow (Arjovsky et al. 2016 plot the same): left and middle, ‖∂L/∂h_t‖ for every time "
+                  "step t of the diagnostic batch before and after training, log scale, mean over seeds; a line that "
+                  "falls towards t = 0 is a vanishing gradient. Right: the global gradient norm over training.",
+                  "gradient norm per time step and over training", "grad_profile.csv, curves.csv")
+
+
+def _profile_panel(ax, an: Analysis, prof: pd.DataFrame, when: str, colors) -> None:
+    part = prof[(prof["when"] == when) & (prof["norm"] > 0)]
+    _lines(ax, an, part.rename(columns={"norm": "mean"}), "t", colors)
+    ax.set_yscale("log")
+    if len(prof):  # both panels on one scale: the start and the end compare at a glance
+        ax.set_ylim(top=3 * prof["norm"].max())
+    ax.set_xlabel("time step t (the loss is read at the end)")
+    ax.set_ylabel("‖∂L/∂h_t‖ (layer 0, batch mean)")
+    ax.set_title(f"gradient reaching h_t, {'before training' if when == 'start' else 'end of training'}")
+
+
+def _lines(ax, an: Analysis, frame: pd.DataFrame, x: str, colors) -> None:
+    """One line per cell of frame's `mean` against `x`."""
+    for cell in an.cells:
+        c = frame[frame["cell"] == cell].sort_values(x)
+        if len(c):
+            ax.plot(c[x], c["mean"], color=colors[cell], lw=1.4, label=cell)
+
+
+# ---------------------------------------------------------------------------------------------- 5. gate use
+def gate_use(an: Analysis) -> Figure | None:
+    """Saturation of every gate per cell before and after training (bars), the state-keeping gate marked."""
+    raw = an.tables["gates"].raw
+    if raw.empty:
+        return None
+    plt = _plt()
+    labels = [f"{r.cell}\n{r.gate}{'*' if r.keep_gate else ''}" + (f" {r.layer}" if r.layer != "l0" else "")
+              for r in raw.itertuples()]
+    x = np.arange(len(raw))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(raw) + 2), 4))
+    ax.bar(x - 0.2, raw["saturation_start"].fillna(0), 0.4, color="0.7", label="before training")
+    colors = _colors(an.cells)
+    ax.bar(x + 0.2, raw["saturation_end"].fillna(0), 0.4, color=[colors[c] for c in raw["cell"]],
+           label="end of training")
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="0.4", ls=":", lw=1)
+    ax.set_ylabel("fraction of activations < 0.1 or > 0.9")
+    ax.set_title("gate saturation per gate (* = the gate that keeps the state)")
+    ax.legend(loc="upper left")
+    return Figure("gate_use.png", _png(fig),
+                  "Gate use: the fraction of gate activations that are saturated (< 0.1 or > 0.9) on the diagnostic "
+                  "batch, before training (grey) and at the end (colour), mean over seeds; * marks the gate that keeps "
+                  "the state (GRU z, sgru Γu, LSTM f). Dotted: one half.", "gate saturation bars", "gates.csv")
+
+
+# ---------------------------------------------------------------------------------------------- 6. tuning
+def tuning(an: Analysis) -> Figure | None:
+    """Trial results per cell (robustness, Greff et al. 2017), best value against trial number, and parameter
+    count against performance."""
+    trials = an.tables["trials"].raw
+    if trials.empty:
+        return None
+    plt = _plt()
+    colors = _colors(an.cells)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    _trial_distribution(axes[0], an, trials, colors)
+    _search_progress(axes[1], an, trials, colors)
+    _params_panel(axes[2], an, an.tables["runs"].raw, colors)
+    _shared_legend(fig, axes)
+    return Figure("tuning.png", _png(fig),
+                  f"Tuning. Left: {label(an.metric)} of every completed search trial per cell (box: quartiles; "
+                  "dots: trials) — a narrow box is a cell robust to its hyperparameters (Greff et al. 2017). Middle: "
+                  "the best value found against the trial number. Right: parameter count against the final value of "
+                  "every run.",
+                  "trial results, search progress and parameter count", "trials.csv, runs.csv")
+
+
+def _search_progress(ax, an: Analysis, trials: pd.DataFrame, colors) -> None:
+    for cell in an.cells:
+        c = trials[trials["cell"] == cell].sort_values("trial")
+        if c["best_so_far"].notna().any():
+            ax.step(c["trial"], c["best_so_far"], where="post", color=colors[cell], label=cell)
+    _log_if_positive(ax, trials["best_so_far"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"best {label(an.metric)} so far")
+    ax.set_title("search progress")
+
+
+def _params_panel(ax, an: Analysis, runs: pd.DataFrame, colors) -> None:
+    if an.metric in runs:
+        for cell in an.cells:
+            c = runs[(runs["cell"] == cell) & runs[an.metric].notna()]
+            if len(c):
+                ax.scatter(c["n_params"], c[an.metric], s=14, alpha=0.7, color=colors[cell], label=cell)
+        _log_if_positive(ax, [*runs[an.metric], *_baseline(ax, an, an.metric)])
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(label(an.metric))
+    ax.set_title("parameter count against performance (every run)")
+
+
+def _trial_distribution(ax, an: Analysis, trials: pd.DataFrame, colors) -> None:
+    done = trials[(trials["state"] == "COMPLETE") & trials["value"].notna()]
+    values = [done.loc[done["cell"] == c, "value"].to_numpy(dtype=float) for c in an.cells]
+    keep = [i for i, v in enumerate(values) if len(v)]
+    if keep:
+        ax.boxplot([values[i] for i in keep], positions=keep, widths=0.5, showfliers=False)
+        rng = np.random.default_rng(0)
+        for i in keep:
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(values[i])), values[i], s=12, alpha=0.7,
+                       color=colors[an.cells[i]], zorder=3)
+    _log_if_positive(ax, [*(v for i in keep for v in values[i]), *_baseline(ax, an, an.metric)])
+    crowded = len(an.cells) > 6
+    ax.set_xticks(range(len(an.cells)), an.cells, rotation=40 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_ylabel(label(an.metric))
+    ax.set_title("completed search trials per cell")
+
+
+def importance_figure(an: Analysis) -> Figure | None:
+    raw = an.tables["importance"].raw
+    if raw.empty:
+        return None
+    plt = _plt()
+    colors = _colors(an.cells)
+    params = sorted(raw["param"].unique())
+    cells = [c for c in an.cells if (raw["cell"] == c).any()]
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(params) * max(1, len(cells)) ** 0.5 + 1))
+    width = 0.8 / len(cells)
+    for j, cell in enumerate(cells):
+        part = raw[raw["cell"] == cell].set_index("param").reindex(params)["importance"].fillna(0)
+        ax.barh(np.arange(len(params)) + j * width - 0.4 + width / 2, part, width, color=colors[cell], label=cell)
+    ax.set_yticks(range(len(params)), params)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"importance ({an.evaluator.split(' (')[0]}, normalised to sum 1 per cell)")
+    ax.set_title("hyperparameter importance per cell")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the bars, never over them
+    return Figure("importance.png", _png(fig),
+                  f"Hyperparameter importance per cell over its completed search trials, by {an.evaluator}.",
+                  "hyperparameter importance bars", "importance.csv")
+
+
+def all_figures(an: Analysis) -> dict[str, Figure | None]:
+    return {"curves": learning_curves(an), "gradient": gradient_flow(an), "gates": gate_use(an),
+            "importance": importance_figure(an), "tuning": tuning(an)}

@@ -1,0 +1,536 @@
+"""The numbers of a comparison report, as pandas tables: leaderboard, significance, gates, tuning, fairness.
+
+Every table keeps raw values (written to CSV as they are) and gets its display strings from :func:`fmt` alone,
+so the HTML, the Markdown and the CSVs cannot disagree. What a cell scores is the mean over the seeds of its
+confirmed configuration (the top-k configuration of its search whose confirmation runs did best on the
+validation metric), with a Student-t interval (Greff et al. 2017; Melis et al. 2018 re-train the best
+configuration with several seeds in the same way).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .registry import SuiteError
+from .report_data import SweepData
+from .report_stats import ALPHA, holm, t_interval, two_sample_test, welch_difference
+
+DEFAULT_REFERENCE = "gru"  # the seed article's full GRU: what its simplified cell is measured against
+QUALITATIVE = "qualitative result"
+MIN_IMPORTANCE_TRIALS = 5  # completed trials below which hyperparameter importance is noise, not signal
+UPPER = {"mse": "MSE", "bpc": "BPC", "ppl": "perplexity", "acc": "accuracy", "loss": "loss"}
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def fmt(value, digits: int = 4) -> str:
+    """The one display format of every number in every report file: 4 significant digits, '—' for missing."""
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    v = float(value)
+    if not math.isfinite(v):
+        return "—"
+    if v.is_integer() or abs(v) >= 10 ** digits:  # no exponent for counts, parameters, seconds
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def pm(mean, half) -> str:
+    """'mean ± half-width', or the mean alone when there is no interval (n < 2)."""
+    if mean is None or not math.isfinite(float(mean)):
+        return "—"
+    return fmt(mean) if half is None or not math.isfinite(float(half)) else f"{fmt(mean)} ± {fmt(half)}"
+
+
+def label(metric: str) -> str:
+    """'test/mse' -> 'test MSE'."""
+    split, _, name = metric.rpartition("/")
+    return f"{split} {UPPER.get(name, name)}".strip()
+
+
+def slug(metric: str) -> str:
+    return metric.replace("/", "_")
+
+
+@dataclass
+class Table:
+    """A table as written: raw values for the CSV, display strings for HTML and Markdown."""
+
+    name: str  # the CSV file stem
+    raw: pd.DataFrame
+    display: pd.DataFrame
+    caption: str = ""
+    strong_rows: list[int] = field(default_factory=list)  # rows drawn emphasised (significant, best)
+    muted_rows: list[int] = field(default_factory=list)  # rows that are not this sweep's (baseline, published)
+
+
+# ---------------------------------------------------------------------------------------------- the analysis
+@dataclass
+class Analysis:
+    data: SweepData
+    cells: list[str]
+    metric: str  # the sweep's objective, e.g. val/mse
+    primary: str  # what is ranked and tested: the test-set metric where every confirmation run has one
+    direction: str
+    reference: str
+    test: str = "welch"
+    notes: list[str] = field(default_factory=list)
+    confirmed: pd.DataFrame = None
+    samples: dict = field(default_factory=dict)  # cell -> primary-metric values over seeds
+    tables: dict[str, Table] = field(default_factory=dict)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)  # figure data, written as CSVs too
+    progress: dict = field(default_factory=dict)
+    evaluator: str = ""
+    importance_notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def short(self) -> str:
+        return self.metric.rpartition("/")[2]
+
+    @property
+    def better(self):
+        return min if self.direction == "minimize" else max
+
+    def col(self, metric: str) -> str:
+        return f"metrics.{metric}"
+
+
+def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "welch") -> Analysis:
+    """Every table and figure frame of the report, from the loaded sweep."""
+    cells = data.spec["cells"]
+    an = Analysis(data, cells, data.spec["metric"], data.spec["metric"], data.spec["direction"], reference, test)
+    if reference not in cells and reference != DEFAULT_REFERENCE:
+        raise SuiteError(f"--reference {reference!r} is not a cell of sweep {data.name!r}; its cells: "
+                         f"{', '.join(cells)}")
+    if reference not in cells:  # the default reference: fall back to the sweep's first cell, and say so
+        an.reference = cells[0]
+        an.notes.append(f"The reference cell {reference!r} is not in this sweep; {cells[0]} is the reference.")
+    an.progress = progress(data)
+    an.confirmed = confirmed_runs(an)
+    test_metric = "test/" + an.short
+    if len(an.confirmed) and an.col(test_metric) in an.confirmed and an.confirmed[an.col(test_metric)].notna().all():
+        an.primary = test_metric
+    an.samples = {c: an.confirmed.loc[an.confirmed["cell"] == c, an.col(an.primary)].dropna().tolist()
+                  if len(an.confirmed) else [] for c in cells}
+    for builder in (leaderboard, significance, gates, fairness, trials_table, per_run):
+        table = builder(an)
+        an.tables[table.name] = table
+    importance(an)
+    an.frames["curves"] = curves(an)
+    an.frames["grad_profile"] = profile_means(an)
+    return an
+
+
+def progress(data: SweepData) -> dict:
+    """Finished/planned search trials and confirmation runs over every cell, and whether the sweep is done."""
+    from optuna.trial import TrialState
+
+    done = {TrialState.COMPLETE, TrialState.PRUNED}
+    search = sum(min(sum(t.state in done for t in data.trials[c]["search"]), data.spec["trials"])
+                 for c in data.spec["cells"])
+    running = sum(t.state == TrialState.RUNNING for c in data.spec["cells"]
+                  for phase in ("search", "confirm") for t in data.trials[c][phase])
+    planned_default = data.spec["top_k"] * max(1, len(data.spec["seeds"]))
+    planned = sum(data.confirm_planned[c] if data.confirm_planned[c] is not None else planned_default
+                  for c in data.spec["cells"])
+    confirm = sum(len({(t.user_attrs.get("rank"), t.user_attrs.get("seed")) for t in data.trials[c]["confirm"]
+                       if t.state in done}) for c in data.spec["cells"])
+    total_search = data.spec["trials"] * len(data.spec["cells"])
+    finished = search >= total_search and confirm >= planned and not running \
+        and all(data.confirm_planned[c] is not None for c in data.spec["cells"])
+    return {"search_done": search, "search_total": total_search, "confirm_done": confirm,
+            "confirm_total": planned, "running": running, "finished": finished,
+            "status": data.parent.info.status}
+
+
+def confirmed_runs(an: Analysis) -> pd.DataFrame:
+    """Finished confirmation runs of each cell's confirmed configuration: among the top-k ranks, the one with the
+    best mean validation metric over its seeds (the test set plays no part in choosing)."""
+    runs = an.data.runs
+    col = an.col(an.metric)
+    if not len(runs) or col not in runs:
+        return runs.iloc[0:0]
+    confirm = runs[(runs["phase"] == "confirm") & (runs["status"] == "FINISHED") & runs[col].notna()]
+    chosen = []
+    for cell, group in confirm.groupby("cell"):
+        means = group.groupby("rank")[col].mean()
+        best = means.idxmin() if an.direction == "minimize" else means.idxmax()
+        chosen.append(group[group["rank"] == best])
+    return pd.concat(chosen).sort_values(["cell", "seed"]) if chosen else confirm.iloc[0:0]
+
+
+# ---------------------------------------------------------------------------------------------- 1. leaderboard
+def _interval(an: Analysis, cell: str, metric: str) -> tuple[float, float, int]:
+    rows = an.confirmed[an.confirmed["cell"] == cell] if len(an.confirmed) else an.confirmed
+    col = an.col(metric)
+    return t_interval(rows[col]) if col in rows and len(rows) else (math.nan, math.nan, 0)
+
+
+def _best_search(an: Analysis, cell: str) -> float:
+    values = [t.value for t in an.data.trials[cell]["search"] if t.value is not None and math.isfinite(t.value)]
+    return an.better(values) if values else math.nan
+
+
+def _baseline_verdict(an: Analysis, mean: float, half: float, n: int) -> str:
+    """Whether the cell beats the task's baseline on the baseline's own metric (all are lower-is-better):
+    yes when the whole 95% interval is below it, unsure when only the mean is."""
+    task = an.data.task
+    if task is None or n == 0 or not math.isfinite(mean):
+        return "—"
+    if math.isfinite(half) and mean + half < task.baseline.value:
+        return "yes"
+    return "unsure" if mean < task.baseline.value else "no"
+
+
+def _solved(an: Analysis, cell: str) -> tuple[str, str]:
+    """(solved at the mean, seeds solved k/n) by the task's own criterion (Task.is_solved), on the split that
+    is ranked, whatever metric the sweep optimised."""
+    task = an.data.task
+    runs = an.confirmed[an.confirmed["cell"] == cell] if len(an.confirmed) else an.confirmed
+    if task is None or task.solved is None or not len(runs):
+        return "—", "—"
+    prefix = f"metrics.{an.primary.partition('/')[0]}/"
+    cols = {c[len(prefix):]: c for c in runs.columns if c.startswith(prefix) and runs[c].notna().any()}
+    means = {name: runs[col].mean() for name, col in cols.items()}
+    k = sum(task.is_solved({name: row[col] for name, col in cols.items()}) for _, row in runs.iterrows())
+    return ("yes" if task.is_solved(means) else "no"), f"{k}/{len(runs)}"
+
+
+def leaderboard(an: Analysis) -> Table:
+    """One row per cell (mean ± 95% t-interval over seeds), best first; then the baseline and published numbers."""
+    task = an.data.task
+    bl = task.baseline.metric if task is not None else None
+    split = an.primary.partition("/")[0]
+    extra = f"{split}/{bl}" if bl and bl != an.short else None  # e.g. copy: ranked on acc, baseline in loss
+    rows = [_cell_row(an, cell, extra) for cell in an.cells]
+    rank = f"{slug(an.primary)}_mean"
+    sign = 1 if an.direction == "minimize" else -1
+    rows.sort(key=lambda r: (not math.isfinite(r[rank]), sign * r[rank] if math.isfinite(r[rank]) else 0))
+    ours = len(rows)
+    rows += reference_rows(an, extra)
+    raw = pd.DataFrame(rows)
+    for col in ("n", "n_params", "trials", "budget"):
+        raw[col] = pd.to_numeric(raw[col]).round().astype("Int64")
+    shown = raw[raw["note"] != QUALITATIVE]  # qualitative findings are listed under the table instead
+    strong = [0] if ours and math.isfinite(rows[0][rank]) else []
+    return Table("leaderboard", raw, _leaderboard_display(an, shown, extra), strong_rows=strong,
+                 muted_rows=list(range(ours, len(shown))))
+
+
+def _cell_row(an: Analysis, cell: str, extra: str | None) -> dict:
+    val = _interval(an, cell, an.metric)
+    tst = _interval(an, cell, "test/" + an.short)
+    primary = _interval(an, cell, an.primary)
+    row = {"cell": cell, "source": "this sweep", "n": primary[2],
+           f"{slug(an.metric)}_mean": val[0], f"{slug(an.metric)}_ci95": val[1],
+           f"test_{an.short}_mean": tst[0], f"test_{an.short}_ci95": tst[1]}
+    against = _interval(an, cell, extra) if extra else primary  # the baseline's own metric
+    if extra:
+        row.update({f"{slug(extra)}_mean": against[0], f"{slug(extra)}_ci95": against[1]})
+    runs = an.confirmed[an.confirmed["cell"] == cell] if len(an.confirmed) else an.confirmed
+    solved, seeds_solved = _solved(an, cell)
+    ms = float((1000 * runs["train_s"] / runs["steps"]).mean()) if len(runs) else math.nan
+    return {**row, "n_params": float(runs["n_params"].median()) if len(runs) else math.nan,
+            "ms_per_step": ms, "trials": _finished(an, cell), "budget": an.data.spec["trials"],
+            "best_search": _best_search(an, cell), "beats_baseline": _baseline_verdict(an, *against),
+            "solved": solved, "seeds_solved": seeds_solved, "note": _diverged_note(an, cell), "citation": ""}
+
+
+def _finished(an: Analysis, cell: str) -> int:
+    from optuna.trial import TrialState
+
+    return min(an.data.spec["trials"], sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                                           for t in an.data.trials[cell]["search"]))
+
+
+def _diverged_note(an: Analysis, cell: str) -> str:
+    runs = an.data.runs
+    if not len(runs):
+        return ""
+    bad = runs[(runs["cell"] == cell) & (runs["phase"] == "confirm") & (runs["status"] == "FAILED")]
+    return f"{len(bad)} confirmation run(s) diverged or failed (excluded)" if len(bad) else ""
+
+
+def reference_rows(an: Analysis, extra: str | None) -> list[dict]:
+    """The task's baseline and the published numbers, placed in the column of their metric and marked."""
+    task = an.data.task
+    if task is None:
+        return []
+    b = task.baseline
+    rows = []
+    base = {"n": math.nan, "n_params": math.nan, "ms_per_step": math.nan, "trials": math.nan,
+            "budget": math.nan, "best_search": math.nan, "beats_baseline": "", "solved": "", "seeds_solved": ""}
+    where = f"{slug(extra)}_mean" if extra else None
+    cols = [where] if where else [f"{slug(an.metric)}_mean", f"test_{an.short}_mean"]
+    rows.append({**base, "cell": "baseline", "source": "task baseline", **{c: b.value for c in cols},
+                 "note": b.formula, "citation": b.source})
+    for p in task.published:
+        split, _, name = p.metric.partition("/")
+        col = f"{split}_{name}_mean"
+        row = {**base, "cell": p.label(), "source": "published", "note": "" if p.value is not None else
+               QUALITATIVE, "citation": p.citation}
+        if p.value is not None:
+            row[col] = p.value
+        rows.append(row)
+    return rows
+
+
+def _leaderboard_display(an: Analysis, raw: pd.DataFrame, extra: str | None) -> pd.DataFrame:
+    def both(r, metric):
+        return pm(r.get(f"{slug(metric)}_mean"), r.get(f"{slug(metric)}_ci95"))
+
+    out = []
+    for _, r in raw.iterrows():
+        ours = r["source"] == "this sweep"
+        row = {"cell": r["cell"] if ours else (f"{r['cell']} †" if r["source"] == "published" else r["cell"]),
+               "source": r["source"] + (f" ({r['citation']})" if r["source"] == "published" else ""),
+               f"{label(an.metric)} (mean ± 95% CI)": both(r, an.metric),
+               f"test {UPPER.get(an.short, an.short)} (mean ± 95% CI)": both(r, "test/" + an.short)}
+        if extra:
+            row[f"{label(extra)} (mean ± 95% CI)"] = both(r, extra)
+        row.update({"n seeds": fmt(r["n"]), "params": fmt(r["n_params"]), "ms/step": fmt(r["ms_per_step"]),
+                    "trials": f"{fmt(r['trials'])}/{fmt(r['budget'])}" if ours else "—",
+                    f"best search {label(an.metric)}": fmt(r["best_search"]),
+                    "beats baseline": r["beats_baseline"] or "—", "solved": r["solved"] or "—",
+                    "seeds solved": r["seeds_solved"] or "—", "note": r["note"] or ""})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------------------------- 2. significance
+def significance(an: Analysis) -> Table:
+    """Each cell against the reference on the ranked metric: the stated test, then Holm over the family."""
+    ref = an.samples.get(an.reference, [])
+    rows = []
+    for cell in an.cells:
+        if cell == an.reference:
+            continue
+        x = an.samples.get(cell, [])
+        stat, p = two_sample_test(x, ref, an.test)
+        diff, half = welch_difference(x, ref)
+        rows.append({"cell": cell, "reference": an.reference, "metric": an.primary, "n": len(x), "n_ref": len(ref),
+                     "mean": float(np.mean(x)) if x else math.nan,
+                     "mean_ref": float(np.mean(ref)) if ref else math.nan, "difference": diff,
+                     "difference_ci95": half, "test": an.test, "statistic": stat, "p": p})
+    adjusted = holm([r["p"] for r in rows])
+    for r, q in zip(rows, adjusted):
+        r["p_holm"] = q
+        r["significant"] = bool(math.isfinite(q) and q < ALPHA)
+        r["verdict"] = _verdict(an, r)
+    raw = pd.DataFrame(rows, columns=["cell", "reference", "metric", "n", "n_ref", "mean", "mean_ref", "difference",
+                                      "difference_ci95", "test", "statistic", "p", "p_holm", "significant",
+                                      "verdict"])
+    display = pd.DataFrame([{
+        "cell": r["cell"], f"{label(an.primary)} mean": fmt(r["mean"]),
+        f"reference {an.reference}": fmt(r["mean_ref"]), "difference (95% CI)": pm(r["difference"],
+                                                                                   r["difference_ci95"]),
+        "n / n ref": f"{r['n']} / {r['n_ref']}", "statistic": fmt(r["statistic"], 3), "p": fmt(r["p"], 3),
+        "p (Holm)": fmt(r["p_holm"], 3), "significant": "yes" if r["significant"] else "no",
+        "verdict": r["verdict"]} for _, r in raw.iterrows()])
+    strong = [i for i, s in enumerate(raw["significant"]) if s] if len(raw) else []
+    return Table("significance", raw, display, strong_rows=strong)
+
+
+def _verdict(an: Analysis, r: dict) -> str:
+    if not math.isfinite(r["p_holm"]):
+        return "not testable (fewer than 2 seeds, or no spread)"
+    if not r["significant"]:
+        return f"no significant difference from {an.reference}"
+    lower = r["mean"] < r["mean_ref"]
+    good = lower if an.direction == "minimize" else not lower
+    return f"significantly {'better' if good else 'worse'} than {an.reference}"
+
+
+# ---------------------------------------------------------------------------------------------- 5. gates
+def keep_gate(cell: str) -> str | None:
+    """The gate that keeps the state (GRU z, the seed's Γu in sgru, LSTM f), from the cell's class."""
+    from . import cells
+
+    try:
+        kg = getattr(cells.CELLS.get(cell).builder, "keep_gate", None)
+    except Exception:
+        return None
+    return kg[0] if kg else None
+
+
+def gates(an: Analysis) -> Table:
+    """Saturation (fraction of activations < 0.1 or > 0.9) and mean of every gate, at the start and the end of
+    training, mean over the seeds of the confirmed configuration (diagnostic batch of the validation set)."""
+    hist = an.data.histories
+    rows = []
+    for cell in an.cells:
+        runs = an.confirmed[an.confirmed["cell"] == cell] if len(an.confirmed) else an.confirmed
+        keys = sorted({c[len("metrics."):] for c in runs.columns if c.startswith("metrics.gates/")
+                       and c.endswith("/saturation") and runs[c].notna().any()}) if len(runs) else []
+        for key in keys:
+            _, layer, gate, _ = key.split("/")
+            mean_key = key.replace("/saturation", "/mean")
+            rows.append({"cell": cell, "layer": layer, "gate": gate,
+                         "keep_gate": gate == keep_gate(cell),
+                         "saturation_start": _start(hist, runs, key), "saturation_end": runs[f"metrics.{key}"].mean(),
+                         "mean_start": _start(hist, runs, mean_key),
+                         "mean_end": runs[f"metrics.{mean_key}"].mean() if f"metrics.{mean_key}" in runs else math.nan,
+                         "n": int(runs[f"metrics.{key}"].notna().sum())})
+    raw = pd.DataFrame(rows, columns=["cell", "layer", "gate", "keep_gate", "saturation_start", "saturation_end",
+                                      "mean_start", "mean_end", "n"])
+    display = pd.DataFrame([{"cell": r["cell"], "layer": r["layer"],
+                             "gate": r["gate"] + (" (keeps the state)" if r["keep_gate"] else ""),
+                             "saturated at start": fmt(r["saturation_start"]),
+                             "saturated at end": fmt(r["saturation_end"]), "mean at start": fmt(r["mean_start"]),
+                             "mean at end": fmt(r["mean_end"]), "n seeds": fmt(r["n"])} for _, r in raw.iterrows()])
+    return Table("gates", raw, display, strong_rows=[i for i, k in enumerate(raw["keep_gate"]) if k])
+
+
+def _start(hist: pd.DataFrame, runs: pd.DataFrame, key: str) -> float:
+    """The value at the first logged step (step 0 = before any update), mean over the runs."""
+    h = hist[(hist["key"] == key) & hist["run_id"].isin(runs["run_id"])]
+    if h.empty:
+        return math.nan
+    first = h.loc[h.groupby("run_id")["step"].idxmin()]
+    return float(first["value"].mean())
+
+
+# ---------------------------------------------------------------------------------------------- 6. tuning
+def importance_evaluator():
+    """fANOVA (Hutter et al. 2014), the evaluator of Greff et al. 2017, where scikit-learn is installed (MLflow
+    requires it); else PED-ANOVA (Watanabe et al. 2023), Optuna 5's default. Seeded: a report is reproducible."""
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return PedAnovaImportanceEvaluator(), "PED-ANOVA (Optuna PedAnovaImportanceEvaluator)"
+    return FanovaImportanceEvaluator(seed=0), "fANOVA (Optuna FanovaImportanceEvaluator, 64 trees, seed 0)"
+
+
+def importance(an: Analysis) -> None:
+    """Hyperparameter importance per cell over its completed search trials, or why it is not computed."""
+    from optuna.importance import get_param_importances
+    from optuna.trial import TrialState
+
+    evaluator, an.evaluator = importance_evaluator()
+    rows = []
+    for cell in an.cells:
+        complete = [t for t in an.data.trials[cell]["search"] if t.state == TrialState.COMPLETE
+                    and t.value is not None and math.isfinite(t.value)]
+        study = an.data.search_studies.get(cell)
+        if len(complete) < MIN_IMPORTANCE_TRIALS or study is None:
+            an.importance_notes[cell] = (f"too few completed trials for importance ({len(complete)} < "
+                                         f"{MIN_IMPORTANCE_TRIALS})")
+            continue
+        if not an.data.spec["search"]:
+            an.importance_notes[cell] = "nothing was searched"
+            continue
+        try:
+            scores = get_param_importances(study, evaluator=evaluator)
+        except (RuntimeError, ValueError) as exc:
+            an.importance_notes[cell] = f"importance not computable: {str(exc).splitlines()[0][:120]}"
+            continue
+        rows += [{"cell": cell, "param": k, "importance": v, "trials": len(complete)} for k, v in scores.items()]
+    raw = pd.DataFrame(rows, columns=["cell", "param", "importance", "trials"])
+    raw["evaluator"] = an.evaluator
+    display = pd.DataFrame([{"cell": r["cell"], "hyperparameter": r["param"], "importance": fmt(r["importance"], 3),
+                             "completed trials": fmt(r["trials"])} for _, r in raw.iterrows()])
+    an.tables["importance"] = Table("importance", raw, display)
+
+
+def trials_table(an: Analysis) -> Table:
+    """Every search trial from Optuna: its value (or last reported value if pruned) and its parameters."""
+    rows = []
+    for cell in an.cells:
+        best = math.nan
+        for t in sorted(an.data.trials[cell]["search"], key=lambda t: t.number):
+            value = t.value if t.value is not None else \
+                (list(t.intermediate_values.values())[-1] if t.intermediate_values else math.nan)
+            if t.state.name == "COMPLETE" and value is not None and math.isfinite(value):
+                best = value if not math.isfinite(best) else an.better(best, value)
+            rows.append({"cell": cell, "trial": t.number, "state": t.state.name, "value": value,
+                         "best_so_far": best, **{f"param.{k}": v for k, v in t.params.items()}})
+    raw = pd.DataFrame(rows)
+    if raw.empty:
+        raw = pd.DataFrame(columns=["cell", "trial", "state", "value", "best_so_far"])
+    return Table("trials", raw, raw.astype(str))
+
+
+# ---------------------------------------------------------------------------------------------- 7. fairness
+def fairness(an: Analysis) -> Table:
+    """Trials, runs, steps and training time per cell: the evidence that every cell got the same budget."""
+    from optuna.trial import TrialState
+
+    runs = an.data.runs
+    rows = []
+    for cell in an.cells:
+        search = an.data.trials[cell]["search"]
+        mine = runs[runs["cell"] == cell] if len(runs) else runs
+        counted = mine[mine["status"].isin(["FINISHED", "FAILED"])] if len(mine) else mine
+        count = {s: sum(t.state == s for t in search) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                TrialState.FAIL, TrialState.RUNNING)}
+        confirm_runs = counted[counted["phase"] == "confirm"] if len(counted) else counted
+        rows.append({"cell": cell, "budget": an.data.spec["trials"], "complete": count[TrialState.COMPLETE],
+                     "pruned": count[TrialState.PRUNED], "failed_retried": count[TrialState.FAIL],
+                     "running": count[TrialState.RUNNING], "confirm_runs": len(confirm_runs),
+                     "confirm_planned": an.data.confirm_planned[cell],
+                     "steps_trained": float(counted["steps"].sum()) if len(counted) else 0.0,
+                     "train_s": float(counted["train_s"].sum()) if len(counted) else 0.0,
+                     "seeds": ",".join(str(int(s)) for s in sorted(confirm_runs["seed"].dropna().unique()))
+                     if len(confirm_runs) else ""})
+    raw = pd.DataFrame(rows)
+    display = pd.DataFrame([{"cell": r["cell"], "search trials (complete + pruned / budget)":
+                             f"{r['complete']} + {r['pruned']} / {r['budget']}",
+                             "failed and retried": fmt(r["failed_retried"]), "running": fmt(r["running"]),
+                             "confirmation runs": f"{r['confirm_runs']}/{fmt(r['confirm_planned'])}",
+                             "steps trained": fmt(r["steps_trained"]), "training seconds": fmt(r["train_s"]),
+                             "confirmation seeds": r["seeds"] or "—"} for _, r in raw.iterrows()])
+    return Table("fairness", raw, display)
+
+
+def per_run(an: Analysis) -> Table:
+    """One row per trial run (search and confirmation): the per-run results CSV every figure can be redrawn from."""
+    runs = an.data.runs
+    keep = ["run_id", "cell", "phase", "trial", "seed", "rank", "status", "n_params", "steps", "train_s"]
+    if not len(runs):
+        return Table("runs", pd.DataFrame(columns=keep), pd.DataFrame(columns=keep))
+    metrics = sorted(c for c in runs.columns if c.startswith("metrics.") and c.split(".", 1)[1].split("/")[0]
+                     in ("val", "test", "diag", "time"))
+    params = [f"params.{k}" for k in an.data.spec["search"] if f"params.{k}" in runs]
+    raw = runs[keep + params + metrics].copy()
+    raw["confirmed"] = raw["run_id"].isin(an.confirmed["run_id"]) if len(an.confirmed) else False
+    raw.columns = [c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c for c in raw.columns]
+    raw = raw.sort_values(["cell", "phase", "trial"], kind="stable").reset_index(drop=True)
+    return Table("runs", raw, raw.astype(str))
+
+
+# ---------------------------------------------------------------------------------------------- figure frames
+def curves(an: Analysis) -> pd.DataFrame:
+    """Mean and standard deviation over the seeds of the confirmed configuration, per cell, metric and step."""
+    hist = an.data.histories
+    if hist.empty or not len(an.confirmed):
+        return pd.DataFrame(columns=["cell", "key", "step", "mean", "sd", "min", "max", "n"])
+    h = hist.merge(an.confirmed[["run_id", "cell"]], on="run_id")
+    h = h[~h["key"].str.startswith("gates/")]
+    return h.groupby(["cell", "key", "step"])["value"].agg(mean="mean", sd="std", min="min", max="max",
+                                                           n="count").reset_index()
+
+
+def profile_means(an: Analysis) -> pd.DataFrame:
+    """||dL/dh_t|| at the first and the last diagnosed step of each run, mean over the seeds, per cell."""
+    prof = an.data.profiles
+    if prof.empty or not len(an.confirmed):
+        return pd.DataFrame(columns=["cell", "when", "state", "t", "norm", "n"])
+    p = prof.merge(an.confirmed[["run_id", "cell"]], on="run_id")
+    first = p.groupby("run_id")["step"].transform("min")
+    last = p.groupby("run_id")["step"].transform("max")
+    parts = []
+    for when, mask_ in (("start", p["step"] == first), ("end", p["step"] == last)):
+        g = p[mask_].groupby(["cell", "state", "t"])["norm"].agg(norm="mean", n="count").reset_index()
+        g.insert(1, "when", when)
+        parts.append(g)
+    return pd.concat(parts, ignore_index=True)
