@@ -50,8 +50,31 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def prepare_local_store(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    """Create the folder of a local SQLite store and its MLflow schema, once, under a file lock.
+
+    Two processes started at the same moment on a new store (two `rnnsuite train` commands, say) would otherwise
+    both run MLflow's schema migrations and one would die with alembic's "Online migration expected to match one
+    row" error. MLflow's INFO lines about creating tables are silenced: stderr carries only rnnsuite's own lines.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+    import logging
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    import mlflow  # noqa: F401  (mlflow configures its loggers on import: quiet them after that)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            from mlflow.tracking._tracking_service.utils import _get_store
+
+            _get_store(uri)  # creates or migrates the schema; cached for this process's later clients
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def artifact_location(uri: str) -> str | None:

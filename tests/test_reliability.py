@@ -285,6 +285,26 @@ def test_a_sweep_killed_at_ten_moments_resumes_to_exact_budgets(tmp_path):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+# ================================================================================ 3. concurrency: a new store
+
+def test_runs_started_together_on_a_new_store_all_finish(tmp_path):
+    """Three `rnnsuite train` commands started at the same moment on a store that does not exist yet: without the
+    lock around the schema creation, two processes ran MLflow's migrations at once and one died with alembic's
+    "Online migration expected to match one row" error."""
+    env = dict(os.environ, RNNSUITE_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "suite", "train", "--task", "adding", "--cell", "sgru", "--steps", "3",
+           "--set", "model.hidden_size=4", "--set", "task.length=5", "--set", "train.progress=false"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err and "INFO" not in err, err  # no migration log lines either
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rnnsuite").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
 # ================================================================================ stale workers, lost slots
 
 @pytest.fixture(scope="module")
