@@ -1,11 +1,27 @@
 """minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"): gates that see x only, trained by a scan.
 
 Neither gate reads h_{t-1}, so each cell is a linear recurrence h_t = a_t ⊙ h_{t-1} + b_t whose a_t and b_t
-come from one matrix multiply over all steps. Two code paths give the same outputs:
+come from one matrix multiply over all steps. Three code paths give the same outputs (tests/test_cells_scan.py):
 
-* ``mode="scan"`` (default, the training path): the log-space parallel scan of the paper;
+* ``mode="scan"`` (default, the training path): a two-level blocked parallel scan in linear space
+  (:func:`chunked_scan`) with a hand-written backward (:func:`chunked_scan_reverse`), one autograd node;
+* ``mode="logscan"``: the paper's log-space parallel scan (:func:`log_space_scan`: cumsum of log a_t and a
+  logcumsumexp), differentiated by autograd;
 * ``mode="sequential"``: the base class's time loop over :meth:`step` (the diagnostics path, ``trace``, always
   uses it).
+
+Why the default is not the paper's log-space form. The paper works in log space because one scan over T steps
+multiplies T coefficients a_t < 1 together, and A_t = a_1 ⋯ a_t underflows in float32 long before T = 4096;
+in log space the cumulative logs instead grow to ~T in size and cancel, losing ~1e-4 relative accuracy in
+float32 at T = 4096, so :func:`log_space_scan` runs in float64 and in chunks of :data:`SCAN_CHUNK` steps. The
+blocked scan never forms a long product: inside blocks of C ≈ √T steps it runs the recurrence itself (every
+block at once, C small ops), takes products only within a block (at most √T factors, no underflow for any
+gate not saturated to 0 over a whole block, and then the exact answer is 0 anyway), and carries the state
+across blocks sequentially (T/C small ops). Every h_t is then a short chain of multiply-adds of the same
+numbers the sequential loop uses: it agrees with the loop to float32 rounding at any T with no logs, no
+float64 and no exp, and it is the faster of the two on CPU (``rnnsuite bench`` reports both against the
+sequential loop; docs/benchmarks.md). Both are exact parallel scans of the same recurrence; the paper's form
+stays available as ``mode="logscan"`` and is tested against the others.
 
 The initial state. The paper passes h_0 through the candidate map g as well; here h is the state itself, so
 that a carried state (e.g. across language-model windows) is not transformed twice, and it may have any sign.
@@ -13,22 +29,17 @@ With A_t = a_1 ⋯ a_t and b_k > 0 the recurrence unrolls to
 
     h_t = A_t ⊙ h_0 + A_t ⊙ Σ_{k≤t} b_k / A_k,
 
-so log A_t = cumsum(log a_t), the sum is exp(log A_t + logcumsumexp(log b_k − log A_k)) (every b_k is positive,
-its log exists) and the h_0 term is exp(log A_t) ⊙ h_0 in linear space. This is exact, not an approximation.
+so in log space log A_t = cumsum(log a_t), the sum is exp(log A_t + logcumsumexp(log b_k − log A_k)) (every
+b_k is positive, its log exists) and the h_0 term is exp(log A_t) ⊙ h_0 in linear space. Exact, not an
+approximation.
 
-Precision. log A_t falls by ~0.7 per step at initialisation (a_t ≈ 1/2), so one scan over T = 4096 steps adds
-and then cancels logs of size ~3e3, and float32 (eps 6e-8) loses ~1e-4 relative accuracy. So the scan runs in
-float64 (:data:`SCAN_DTYPE`) and in chunks of :data:`SCAN_CHUNK` steps, casting back. Max abs diff against the
-float64 sequential loop (random weights, B=4, H=32, mixed-sign h_0, |h| ≤ 3): one float32 scan 1.0e-4 at
-T=1000 and 5.0e-4 at T=4096; chunked float32 3e-5 at both; chunked float64 (what runs) 4e-7 at both, the
-rounding of the float32 sequential loop itself.
+Precision of the log-space form, measured here: max abs diff against the float64 sequential loop (random
+weights, B=4, H=32, mixed-sign h_0, |h| ≤ 3): one float32 log-space scan 1.0e-4 at T=1000 and 5.0e-4 at
+T=4096; chunked float32 3e-5 at both; chunked float64 (what ``logscan`` runs) 4e-7 at both.
 
-Speed. The paper reports 175x (T=512) and 1324x (T=4096) over its own sequential loop on a GPU; users report
-the plain-PyTorch log-space scan is 2-10x slower than cuDNN's nn.GRU at moderate T. On a shared 2-core CPU
-(B=32, H=128, m=128, forward + backward, best of several runs) the scan was SLOWER than the sequential loop:
-minGRU 111/502/1939 ms vs 45/185/735 ms, minLSTM 106/457/2308 ms vs 77/285/1256 ms at T = 256/1024/4096
-(nn.GRU: 81/324/1305 ms): a step here is a few elementwise ops with no matmul, so the loop is cheap on a CPU.
-Nothing here is measured on a GPU; the scan path exists for the GPU, where the loop is bound by launches.
+Speed. The paper reports 175x (T=512) and 1324x (T=4096) over its own sequential loop on a GPU, where the loop
+is bound by kernel launches. On a CPU a step of these cells is a few elementwise ops with no matmul, so the
+sequential loop is cheap and the scan's gain is smaller; the current figures are in docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -44,7 +55,7 @@ from torch.autograd.function import once_differentiable
 from .base import RecurrentCell, State, autocast_off, gate_views
 from .registry import register
 
-MODES = ("scan", "sequential")
+MODES = ("scan", "logscan", "sequential")
 SCAN_DTYPE = torch.float64  # cancellation of cumulative logs ~T in size: see the module docstring
 SCAN_CHUNK = 256  # steps per scan call; measured 2x faster than one call at T=4096 on CPU (cache)
 
@@ -211,6 +222,10 @@ class _ScanCell(RecurrentCell):
         if self.mode == "sequential":
             return super()._forward(x, state)
         xp, state = self._recurrence_inputs(self.project(x), state)
+        if self.mode == "logscan":  # the paper's form, differentiated by autograd
+            with autocast_off(xp):
+                out = log_space_scan(*self.log_coefficients(xp), state[0])
+            return out, (out[:, -1],)
         with autocast_off(xp):
             if torch.is_grad_enabled() and (xp.requires_grad or state[0].requires_grad):
                 out = ParallelScan.apply(self, xp, state[0])  # (B, T, H)
@@ -223,16 +238,17 @@ class _ScanCell(RecurrentCell):
         return gate_views(self.bias_ih, self.param_gates["bias_ih"])
 
 
-@register("mingru", "minGRU: GRU whose gate and candidate see x only, h = (1-z)h + z g(Wx); parallel log-space scan",
+@register("mingru", "minGRU: GRU whose gate and candidate see x only, h = (1-z)h + z g(Wx); parallel scan",
           "Feng et al. 2024, Were RNNs All We Needed?")
 class MinGRU(_ScanCell):
-    """minGRU (Feng et al. 2024), in the log-space form the paper trains.
+    """minGRU (Feng et al. 2024); trained by a parallel scan (blocked linear-space by default, the paper's
+    log-space form as ``mode="logscan"``; see the module docstring).
 
     Equations: z_t = σ(W_z x_t + b_z);  h~_t = g(W_h x_t + b_h);  h_t = (1 − z_t) ⊙ h_{t-1} + z_t ⊙ h~_t,
     with g(v) = v + 1/2 (v ≥ 0), σ(v) (v < 0). The state h_0 is used as given (not passed through g).
     Parameters: 2n(m + 1) with bias (fused ``weight_ih`` (2n, m) in z|h order, ``bias_ih`` (2n)), 2nm without.
     Keep gate 1 − z: chrono init writes −log U[1, T_max − 1] into b_z.
-    Options: ``mode`` "scan" (default) or "sequential"; both give the same outputs (see the module docstring).
+    Options: ``mode`` "scan" (default), "logscan" or "sequential"; all give the same outputs.
     Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
     """
 
@@ -273,10 +289,11 @@ class MinGRU(_ScanCell):
         return [(self._bias_views()["z"], -1)]
 
 
-@register("minlstm", "minLSTM: LSTM with gates on x only and normalised f, i; h = f'h + i' g(Wx); log-space scan",
+@register("minlstm", "minLSTM: LSTM with gates on x only and normalised f, i; h = f'h + i' g(Wx); parallel scan",
           "Feng et al. 2024, Were RNNs All We Needed?")
 class MinLSTM(_ScanCell):
-    """minLSTM (Feng et al. 2024), in the log-space form the paper trains.
+    """minLSTM (Feng et al. 2024); trained by a parallel scan (blocked linear-space by default, the paper's
+    log-space form as ``mode="logscan"``; see the module docstring).
 
     Equations: f_t = σ(W_f x_t + b_f);  i_t = σ(W_i x_t + b_i);  h~_t = g(W_h x_t + b_h);
     f'_t = f_t / (f_t + i_t);  i'_t = i_t / (f_t + i_t);  h_t = f'_t ⊙ h_{t-1} + i'_t ⊙ h~_t,
@@ -286,7 +303,7 @@ class MinLSTM(_ScanCell):
     Parameters: 3n(m + 1) with bias (fused ``weight_ih`` (3n, m) in f|i|h order, ``bias_ih`` (3n)), 3nm without.
     Keep gate f: chrono init sets b_f = log U[1, T_max − 1], b_i = −b_f, so that at zero input
     f' = σ(log σ(b_f) − log σ(b_i)) = σ(b_f) = 1 − 1/T exactly.
-    Options: ``mode`` "scan" (default) or "sequential".
+    Options: ``mode`` "scan" (default), "logscan" or "sequential".
     Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
     """
 
