@@ -57,6 +57,7 @@ class SuiteModule(pl.LightningModule):
         self._state = {"train": None, "val": None, "test": None}
         self._totals: dict[str, dict] = {}
         self._grad_norm: Tensor | None = None
+        self._lr: float | None = None  # the learning rate the current step's optimizer step uses
 
     # ------------------------------------------------------------------ the shared step
     def model_step(self, batch, stage: str):
@@ -112,6 +113,9 @@ class SuiteModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ gradients
     def on_before_optimizer_step(self, optimizer):
+        # Read here, not in on_train_batch_end: Lightning steps a per-step scheduler BEFORE that hook, so the
+        # optimizer would already hold the next step's rate there and train/lr would lead by one step.
+        self._lr = optimizer.param_groups[0]["lr"]
         step = self.global_step
         if self.logger is not None and step % self.train_cfg.grad_every == 0:
             self.logger.log_metrics(gate_grad_norms(self.model), step=step)
@@ -127,8 +131,25 @@ class SuiteModule(pl.LightningModule):
             norm = self._grad_norm
             clip = self.optim_cfg.clip
             clipped = torch.clamp(norm, max=clip) if clip > 0 else norm
-            self.log_dict({"train/grad_norm": norm, "train/grad_norm_clipped": clipped,
-                           "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=batch.x.shape[0])
+            lr = self._lr if self._lr is not None else self.optimizers().param_groups[0]["lr"]
+            self.log_dict({"train/grad_norm": norm, "train/grad_norm_clipped": clipped, "train/lr": lr},
+                          batch_size=batch.x.shape[0])
+
+    def on_train_end(self):
+        """Flush the last step's train/* metrics when Lightning did not log that step.
+
+        Lightning writes step metrics to the logger only every ``log_every_n_steps`` steps, so a run that ends
+        between two logging steps (any run shorter than train.log_every) would report train/loss in its result
+        (and ``--json``) that never reached MLflow. Logged at the last step's index, as Lightning would have.
+        """
+        trainer = self.trainer
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # what Lightning's logging counts, resumes too
+        if self.logger is None or step == 0 or step % trainer.log_every_n_steps == 0:
+            return  # nothing trained, or Lightning logged the last step itself
+        last = {k: float(v) for k, v in trainer.callback_metrics.items()
+                if k.startswith("train/") and v.numel() == 1}
+        if last:
+            self.logger.log_metrics(last, step=step - 1)
 
     # ------------------------------------------------------------------ optimizer and schedule
     def configure_optimizers(self):

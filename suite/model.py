@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from . import cells
+from .registry import SuiteError  # a ValueError: one clear line through the CLI
 
 
 class SequenceModel(nn.Module):
@@ -29,7 +30,7 @@ class SequenceModel(nn.Module):
             width = embedding_size or hidden_size
             self.embedding = nn.Embedding(input_size, width)
         elif encoding not in ("onehot", "real"):
-            raise ValueError(f"unknown encoding {encoding!r}")
+            raise SuiteError(f"unknown encoding {encoding!r}")
         self.layers = nn.ModuleList()
         for i in range(layers):
             in_width = width if i == 0 else hidden_size
@@ -43,9 +44,12 @@ class SequenceModel(nn.Module):
         head_in = hidden_size
         if tie_weights:
             if self.embedding is None:
-                raise ValueError("tie_weights needs an embedding encoder (a language-modelling task)")
+                raise SuiteError("tie_weights needs an embedding encoder (a language-modelling task)")
             if width != hidden_size:
-                raise ValueError(f"tie_weights needs embedding_size == hidden_size ({width} != {hidden_size})")
+                raise SuiteError(f"tie_weights needs embedding_size == hidden_size ({width} != {hidden_size})")
+            if output_size != input_size:  # the head's (output_size, hidden) weight IS the (vocab, E) embedding
+                raise SuiteError(f"tie_weights needs output_size == the embedding's vocabulary size "
+                                 f"({output_size} != {input_size})")
         self.head = nn.Linear(head_in, output_size)
         if tie_weights:
             self.head.weight = self.embedding.weight

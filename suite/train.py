@@ -5,6 +5,7 @@ Used by ``rnnsuite train`` and by every sweep trial, so a trial is exactly a run
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import shutil
@@ -96,6 +97,43 @@ def build_model(cfg: RunConfig, task) -> SequenceModel:
     return model
 
 
+def checkpoint_root(cfg: RunConfig) -> Path:
+    """Where a run's checkpoint folder (<root>/<run id>) goes: train.checkpoint_dir, else <runs dir>/checkpoints."""
+    if cfg.train.checkpoint_dir:
+        return Path(cfg.train.checkpoint_dir).expanduser().absolute()
+    return runs_dir() / "checkpoints"
+
+
+def resolved_config(cfg: RunConfig, task, uri: str, ckpt_root: Path) -> RunConfig:
+    """The config as the run uses it, for MLflow's params and config.yaml: the built task's options with every
+    default filled in (task.length, task.batch_size, task.val_size, ...), the tracking URI the run goes to
+    (masked: no password in params or artifacts) and the checkpoint folder, instead of the empty strings that
+    mean "the default". Resuming from it builds the same task."""
+    out = copy.deepcopy(cfg)
+    out.task.options = dict(task.options)
+    out.tracking.uri = mask(uri)
+    out.train.checkpoint_dir = str(ckpt_root)
+    return out
+
+
+def task_record(task) -> tuple[dict, dict]:
+    """(params, tags) that put the task's reference points on every run: the baseline (params task.baseline and
+    task.baseline_metric, tag baseline.formula) and the "solved" criterion as tags: task.solved (its text; LM
+    tasks have none and say so) and, where the task has a rule, task.solved_metric, task.solved_op,
+    task.solved_threshold and task.solved_rule ("val/mse < 0.00166667").
+
+    The criterion goes in tags, not params: the task.* params are the task's options (the report rebuilds the
+    task from them), and the criterion follows from the options rather than being one."""
+    b = task.baseline
+    params = {"task.baseline": b.value, "task.baseline_metric": b.metric}
+    tags = {"baseline.formula": b.formula, "task.solved": task.solved or "none (no solved criterion for this task)"}
+    rule = task.solved_rule
+    if rule is not None:
+        tags.update({"task.solved_metric": f"val/{rule.metric}", "task.solved_op": rule.op,
+                     "task.solved_threshold": repr(float(rule.threshold)), "task.solved_rule": rule.describe()})
+    return params, tags
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
@@ -120,6 +158,9 @@ def _sigterm_as_interrupt():
 def _quiet_libraries() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # "Experiment with name X not found. Creating it.": a WARNING for the normal first run of a store; stderr
+    # carries only rnnsuite's own lines (a failed run: exactly one)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Consider setting `persistent_workers=True`.*")
     warnings.filterwarnings("ignore", message=".*The number of training batches.*")
@@ -140,7 +181,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     model = build_model(cfg, task)
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_tracking(uri)  # an unreachable server or refused credentials: one line, nothing written
-    ckpt_root = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runs_dir() / "checkpoints"
+    ckpt_root = checkpoint_root(cfg)
     restart_of, damage, resumed = None, "", None
     if resume_run_id:
         last = ckpt_root / resume_run_id / "last.ckpt"
@@ -150,9 +191,9 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
         if damage:  # a truncated or corrupt file: train again from scratch rather than crash on every resume
             restart_of, resume_run_id = resume_run_id, None
     prepare_local_store(uri)
+    task_params, task_tags = task_record(task)
     run_tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__,
-                "device": device, "seed": str(cfg.train.seed),
-                "baseline.formula": task.baseline.formula, **(tags or {})}
+                "device": device, "seed": str(cfg.train.seed), **task_tags, **(tags or {})}
     commit = git_commit()
     if commit:
         run_tags["git.commit"] = commit
@@ -183,11 +224,12 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
         start_step = int(resumed.get("global_step", 0))
         del resumed
     else:
-        params = cfg.flat()
+        resolved = resolved_config(cfg, task, uri, ckpt_root)
+        params = resolved.flat()
         params.update({"cell": cfg.model.cell, "n_params": count_params(model), "seed": cfg.train.seed,
-                       "task.baseline": task.baseline.value, "task.baseline_metric": task.baseline.metric})
+                       **task_params})
         logger.log_params(params)
-        client.log_text(run_id, mask(cfg.to_yaml()), "config.yaml")  # no password in an artifact
+        client.log_text(run_id, mask(resolved.to_yaml()), "config.yaml")  # no password in an artifact
         client.set_tag(run_id, "rnnsuite.checkpoint_dir", str(ckpt_dir))
 
     data = TaskData(task, cfg.train.seed, start_step)

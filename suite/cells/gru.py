@@ -24,6 +24,13 @@ GRU_GATES = ("r", "z", "n")
 class GRU(FusedCell):
     """GRU as torch computes it (nn.GRU, one layer, reset-after), with a reference time-step path for diagnostics.
 
+    Source: Cho, van Merriënboer, Gulcehre, Bahdanau, Bougares, Schwenk & Bengio (2014), "Learning Phrase
+    Representations using RNN Encoder-Decoder for Statistical Machine Translation", EMNLP 2014 (arXiv:1406.1078),
+    which introduced the gated recurrent unit (update gate z, reset gate r). Torch and cuDNN apply r AFTER the
+    recurrent product, r ⊙ (U_n h + b_hn), as in the arXiv v1 of the paper; the form of the later versions, r
+    inside the product (U_h (r ⊙ h)), is ``gru_reset_before``. The two are different models with the same
+    parameter shapes.
+
     Equations (nn.GRU, gate order r, z, n):
       r = σ(W_r x_t + b_ir + U_r h_{t-1} + b_hr);  z = σ(W_z x_t + b_iz + U_z h_{t-1} + b_hz)
       n = tanh(W_n x_t + b_in + r ⊙ (U_n h_{t-1} + b_hn));  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
@@ -176,6 +183,20 @@ _DEY_SALEM_DOC = """
     h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h~. The paper writes h_t = (1 - z) ⊙ h_{t-1} + z ⊙ h~ (Chung's convention);
     we use the suite reference's form for gru_reset_before and GRU1-3 alike, so z is the keep gate everywhere and
     chrono init puts +log U[1, T_max - 1] on b_z. The two forms are the same model with z renamed 1 - z.
+
+    Equations checked against the paper (the suite reference, cells.md, marks the gate forms "unchecked"):
+    Dey & Salem, "Gate-Variants of Gated Recurrent Unit (GRU) Neural Networks", MWSCAS 2017 (arXiv:1701.05923).
+    The paper's three variants change the two gates only, identically for z and r:
+      GRU1: each gate is computed from the previous hidden state and the bias only, σ(U h_{t-1} + b);
+      GRU2: from the previous hidden state only, σ(U h_{t-1}), no bias;
+      GRU3: from the bias only, σ(b).
+    It counts the savings in the gating signals as 2nm (GRU1), 2(nm + n) (GRU2) and 2(nm + n²) (GRU3),
+    n = hidden size, m = input size, which is what the parameter counts below give against the one-bias
+    reset-before GRU. Its candidate keeps the reset gate inside the recurrent product, U_h (r ⊙ h_{t-1}), with an
+    input term and a bias, unchanged in all three variants. Decision: implemented as the paper states, gate
+    forms unchanged; the only departure is the z / 1 - z naming above (the same function, reparameterised).
+    Where the check came from: the paper as published and as summarised by secondary sources (its
+    "Type 1-3" variants); the PDF itself could not be opened in the environment this note was written in.
     Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
 """
 

@@ -85,6 +85,12 @@ def record_gates(trace: dict[str, list[Tensor]] | None, names: tuple[str, ...], 
 class LSTM(FusedCell):
     """LSTM as torch computes it (nn.LSTM, one layer), with a reference time-step path for diagnostics.
 
+    Sources: Hochreiter & Schmidhuber (1997), "Long Short-Term Memory", Neural Computation 9(8): the memory cell
+    with its constant error carousel and the input and output gates; Gers, Schmidhuber & Cummins (2000),
+    "Learning to Forget: Continual Prediction with LSTM", Neural Computation 12(10): the forget gate f that
+    multiplies c_{t-1} (the 1997 cell has none, i.e. f = 1). This is the forget-gate LSTM without peepholes,
+    the form torch/cuDNN compute; peepholes (Gers & Schmidhuber 2000) are ``lstm_peephole``.
+
     Equations (nn.LSTM, gate order i, f, g, o):
       i = σ(W_i x_t + b_ii + U_i h_{t-1} + b_hi)    f = σ(W_f x_t + b_if + U_f h_{t-1} + b_hf)
       g = tanh(W_g x_t + b_ig + U_g h_{t-1} + b_hg)  o = σ(W_o x_t + b_io + U_o h_{t-1} + b_ho)

@@ -10,6 +10,26 @@ MUT1 and MUT2 add x to an n-wide pre-activation without a weight, so they need m
 the equations is then the projected input. The projection is folded into the input weights (W·P, a small n-sized
 product per call) so that ``project`` stays one GEMM over the sequence. MUT3 needs no projection but accepts the
 option too, so that one sweep can set it for all three.
+
+Equations checked against the paper (the suite reference, cells.md, marks MUT3's tanh(h) "unchecked"). Jozefowicz,
+Zaremba & Sutskever list the three best architectures of their search as follows, in their notation (sigm = σ, state
+h_t -> h_{t+1}):
+  MUT1: z = sigm(W_xz x_t + b_z);  r = sigm(W_xr x_t + W_hr h_t + b_r);
+        h_{t+1} = tanh(W_hh (r ⊙ h_t) + tanh(x_t) + b_h) ⊙ z + h_t ⊙ (1 − z)
+  MUT2: z = sigm(W_xz x_t + W_hz h_t + b_z);  r = sigm(x_t + W_hr h_t + b_r);
+        h_{t+1} = tanh(W_hh (r ⊙ h_t) + W_xh x_t + b_h) ⊙ z + h_t ⊙ (1 − z)
+  MUT3: z = sigm(W_xz x_t + W_hz tanh(h_t) + b_z);  r = sigm(W_xr x_t + W_hr h_t + b_r);
+        h_{t+1} = tanh(W_hh (r ⊙ h_t) + W_xh x_t + b_h) ⊙ z + h_t ⊙ (1 − z)
+What the paper says that matters here: (1) MUT3's update gate does read tanh(h_t), not h_t (the detail
+cells.md left unchecked); (2) MUT1's candidate adds tanh(x_t) and MUT2's reset gate adds x_t WITHOUT a weight,
+which only type-checks when x_t and h_t have the same width (in the paper's experiments the input is an
+embedding of the hidden width); (3) z multiplies the candidate, so 1 − z keeps the state; (4) one bias per gate.
+Decisions: the equations are implemented exactly as listed, including the unweighted terms; the learned input
+projection (``project_input``) for m ≠ n is the suite's own addition, off by default and documented above, never
+a change to the equations; chrono init goes on b_z with sign −1 because 1 − z is the keep gate. Where the check
+came from: the paper's listing as published (ICML 2015, PMLR 37) and as reproduced by independent implementations
+(e.g. RecurrentLayers.jl's MUT1-3 cells, which agree term by term); the PDF could not be opened in the
+environment this docstring was written in.
 """
 from __future__ import annotations
 
@@ -205,8 +225,8 @@ class MUT3(_MUT):
 
     Equations: z = σ(W_xz x + W_hz tanh(h) + b_z); r = σ(W_xr x + W_hr h + b_r);
     h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z).
-    The tanh(h) in z follows the paper's listing as given in the suite's reference (cells.md), where it is marked
-    unchecked against the paper.
+    The tanh(h) in z is the paper's (checked; see the module docstring): z reads the squashed state, r and the
+    candidate the raw one.
     Parameters: 3n(m + n + 1) (53,376 at n=128, m=10); with project_input 3n(2n + 1) + n·m.
     Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
     """

@@ -18,10 +18,10 @@ import yaml
 
 from ..registry import SuiteError
 from . import adding, copy, lm  # noqa: F401  (importing registers the tasks)
-from .base import TASKS, Baseline, Batch, Published, Task
+from .base import TASKS, Baseline, Batch, Published, SolvedRule, Task
 
 __all__ = ["build", "names", "options", "named_settings", "load_settings", "settings_dirs",
-           "Task", "Batch", "Baseline", "Published", "TASKS"]
+           "Task", "Batch", "Baseline", "Published", "SolvedRule", "TASKS"]
 
 SETTINGS_DIR = Path(__file__).parent / "settings"  # package data: found by an installed package too
 

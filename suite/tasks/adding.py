@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Baseline, Batch, Published, SyntheticTask, Totals, check_int, exact, register
+from .base import (Baseline, Batch, Published, SolvedRule, SyntheticTask, Totals, check_int, exact,
+                   register)
 
 ARJOVSKY = "Arjovsky, Shah & Bengio 2016, Unitary Evolution Recurrent Neural Networks"
 TOLERANCE = 0.04  # Hochreiter & Schmidhuber 1997: a sequence is "processed correctly" below this error
@@ -68,8 +69,9 @@ class Adding(SyntheticTask):
         metrics["mse"] = metrics["loss"]
         return metrics
 
-    def is_solved(self, metrics: dict) -> bool:
-        return metrics.get("mse", float("inf")) < 0.01 * self.baseline.value
+    @property
+    def solved_rule(self) -> SolvedRule:
+        return SolvedRule("mse", "<", 0.01 * self.baseline.value)
 
     @property
     def baseline(self) -> Baseline:

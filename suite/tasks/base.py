@@ -70,6 +70,30 @@ class Baseline:
     source: str  # where the formula comes from
 
 
+@dataclass(frozen=True)
+class SolvedRule:
+    """The "solved" criterion as data: ``metric op threshold`` on a summarized metric (``mse < 0.00167``).
+
+    ``Task.solved`` is its human text; training logs both (tags ``task.solved``, ``task.solved_metric``,
+    ``task.solved_op``, ``task.solved_threshold``) and ``Task.is_solved`` applies it, so the logged rule is the
+    one used.
+    """
+
+    metric: str  # a key of Task.summarize's result ("mse", "acc"); logged namespaced as val/<metric>
+    op: str  # "<", "<=", ">" or ">="
+    threshold: float
+
+    def holds(self, metrics: dict) -> bool:
+        value = metrics.get(self.metric)
+        if value is None or value != value:  # missing or NaN: not solved
+            return False
+        return {"<": value < self.threshold, "<=": value <= self.threshold,
+                ">": value > self.threshold, ">=": value >= self.threshold}[self.op]
+
+    def describe(self) -> str:
+        return f"val/{self.metric} {self.op} {self.threshold:.6g}"
+
+
 class Published(NamedTuple):
     """A published result for reports; value None for a qualitative result."""
 
@@ -183,8 +207,14 @@ class Task:
     def published(self) -> list[Published]:
         return []
 
+    @property
+    def solved_rule(self) -> SolvedRule | None:
+        """The criterion behind ``solved`` as (metric, op, threshold); None where the task has none (LM)."""
+        return None
+
     def is_solved(self, metrics: dict) -> bool:
-        return False
+        rule = self.solved_rule
+        return rule is not None and rule.holds(metrics)
 
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.options.items())

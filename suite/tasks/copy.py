@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (Baseline, Batch, Published, SyntheticTask, Totals, check_bool, check_int, exact, register,
-                   token_losses)
+from .base import (Baseline, Batch, Published, SolvedRule, SyntheticTask, Totals, check_bool, check_int, exact,
+                   register, token_losses)
 from ..registry import SuiteError
 
 ARJOVSKY = "Arjovsky, Shah & Bengio 2016, Unitary Evolution Recurrent Neural Networks"
@@ -69,8 +69,9 @@ class CopyFamily(SyntheticTask):
         hits = (outputs.argmax(-1) == batch.y) & batch.recall
         return {"loss": (exact(per_step), batch.y.numel()), "acc": (exact(hits), batch.size * self.symbols)}
 
-    def is_solved(self, metrics: dict) -> bool:
-        return metrics.get("acc", 0.0) >= 0.99
+    @property
+    def solved_rule(self) -> SolvedRule:
+        return SolvedRule("acc", ">=", 0.99)
 
     @property
     def baseline(self) -> Baseline:
