@@ -1,6 +1,7 @@
 """The MLflow logger a training run owns (Lightning's MLFlowLogger with batched writes)."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -32,6 +33,28 @@ class SuiteLogger(MLFlowLogger):
         self._mlflow_client = RetryingClient(self._mlflow_client)  # what `experiment` returns
         self._buffer: list = []
         self._outage_since: float | None = None
+
+    @property
+    def experiment(self):
+        """Lightning's client, created without leaving MLflow's process-wide tracking URI behind.
+
+        MLFlowLogger calls ``mlflow.set_tracking_uri``, which also sets $MLFLOW_TRACKING_URI: a run started in
+        a process (a sweep, a test, a notebook) would silently redirect every later MLflow call of that process,
+        and of every child process it starts, to this run's store. The client keeps its own URI; the global one
+        is put back."""
+        if self._initialized:
+            return self._mlflow_client
+        from mlflow.tracking._tracking_service import utils
+
+        env, uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+        try:
+            return MLFlowLogger.experiment.fget(self)
+        finally:
+            utils._tracking_uri = uri
+            if env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = env
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
