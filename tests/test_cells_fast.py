@@ -3,7 +3,10 @@ time, see suite/cells/base.py) against its reference path (``step`` after ``step
 
 Outputs, final state and the gradients of the input, the initial state and every parameter agree to 1e-5 in
 float32 and to 1e-10 in float64, with and without a given state, for lengths that cross the backward pass's
-chunk boundary (CHUNK steps)."""
+chunk boundary (CHUNK steps). "To 1e-5" is relative to each tensor's scale (its largest magnitude, at least 1):
+a weight gradient sums B x T terms, so one element where they cancel carries the rounding of the large terms
+(measured: an sgru weight_hh of scale 31 with one element 7.6e-5 apart on an AMD EPYC, 2.5e-6 of its scale;
+the worst cell here is at 2.5e-6 of scale, so 1e-5 still fails any real difference)."""
 from __future__ import annotations
 
 import pytest
@@ -47,6 +50,11 @@ def run(cell, x, state, reference: bool):
     return out.detach(), tuple(f.detach() for f in final), grads
 
 
+def assert_close_to_scale(a, r, tol, msg=None):
+    scale = max(1.0, r.abs().max().item())
+    torch.testing.assert_close(a, r, atol=tol * scale, rtol=tol, msg=msg)
+
+
 def test_there_are_fast_paths_and_the_switch_restores_itself():
     assert {"sgru", "mgu", "janet", "ugrnn", "gru_reset_before", "gru1", "mut1", "lstm_peephole", "cifg",
             "rnn_tanh"} <= set(FAST)
@@ -66,13 +74,13 @@ def test_fast_path_equals_reference_path(name, dtype, tol, b, t, given):
     state = tuple(0.5 * torch.randn(b, h, dtype=dtype) for _ in cell.state_names) if given else None
     out_f, fin_f, g_f = run(cell, x, state, reference=False)
     out_r, fin_r, g_r = run(cell, x, state, reference=True)
-    torch.testing.assert_close(out_f, out_r, atol=tol, rtol=tol)
+    assert_close_to_scale(out_f, out_r, tol)
     for a, r in zip(fin_f, fin_r):
-        torch.testing.assert_close(a, r, atol=tol, rtol=tol)
+        assert_close_to_scale(a, r, tol)
     assert g_f.keys() == g_r.keys()
     for k in g_r:
         assert g_f[k] is not None and g_r[k] is not None, k
-        torch.testing.assert_close(g_f[k], g_r[k], atol=tol, rtol=tol, msg=lambda m, k=k: f"{name} grad {k}: {m}")
+        assert_close_to_scale(g_f[k], g_r[k], tol, msg=lambda m, k=k: f"{name} grad {k}: {m}")
 
 
 @pytest.mark.parametrize("name", ["sgru", "gru_reset_before", "lstm_peephole", "mut2"])
