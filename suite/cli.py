@@ -84,6 +84,8 @@ def _cmd_train(args) -> int:
 def _cmd_sweep(args) -> int:
     if args.workers < 1:
         raise SuiteError(f"--workers must be >= 1, got {args.workers}")
+    if args.pack is not None and args.pack < 1:
+        raise SuiteError(f"--pack must be an integer >= 1 (1 = one trial at a time), got {args.pack}")
     from .storage import check_storage_url, storage_url
 
     check_storage_url(storage_url(args.storage))
@@ -91,7 +93,7 @@ def _cmd_sweep(args) -> int:
         os.environ["RNNSUITE_QUIET"] = "1"
     from .sweep import run_sweep
 
-    return run_sweep(args.file, args.storage, args.tracking_uri, args.workers, args.worker_only)
+    return run_sweep(args.file, args.storage, args.tracking_uri, args.workers, args.worker_only, args.pack)
 
 
 def _task_layer(task: str) -> dict:
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (or $RNNSUITE_STORAGE)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU)")
+    p.add_argument("--pack", type=int, metavar="M", help="train up to M trials of one shape together in one "
+                   "vmapped step, each still its own Optuna trial and MLflow run (overrides the file's pack:; "
+                   "default 1 = one at a time)")
     p.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no per-trial progress bars")
     p.set_defaults(func=_cmd_sweep)

@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MethodType
@@ -74,6 +75,7 @@ class Member:
     on_start: Callable[[str], None] | None = None  # called with the MLflow run id once it exists
     should_prune: Callable[[float, int], bool] | None = None  # (objective value, step) -> prune now?
     monitor: str = ""  # the metric should_prune receives, e.g. "val/mse"
+    on_end: Callable[[Any], None] | None = None  # called with its RunResult the moment it leaves the pack
 
 
 # ---------------------------------------------------------------------------------------------- the batched model
@@ -147,7 +149,7 @@ class _Run:
     """A member's model, optimizer, MLflow run and diagnostics: the per-model half of a packed step."""
 
     def __init__(self, index: int, member: Member, task, model: nn.Module, total_steps: int, device: str,
-                 size: int):
+                 size: int, pack_id: str = ""):
         from .diagnostics import grad_decay  # noqa: F401  (imported here so failures surface at build time)
         from .lit import build_optimizer
         from .train import count_params
@@ -160,7 +162,7 @@ class _Run:
         self.metrics: dict[str, float] = {}
         self.rows: list[tuple[int, str, int, float]] = []  # gradient-profile rows (step, state, t, norm)
         self.train_s = 0.0  # this member's share of the pack's training time
-        self.logger = _open_logger(self.cfg, task, model, member, device, size, index)
+        self.logger = _open_logger(self.cfg, task, model, member, device, size, index, pack_id)
         self.run_id = self.logger.run_id
         self.n_params = count_params(model)
         if member.on_start:
@@ -182,6 +184,8 @@ class _Run:
                 client.set_tag(rid, f"{key}.step", str(step))
         self.upload()
         self.logger.terminate(status)
+        if self.member.on_end:  # e.g. the sweep tells the trial now: a later kill of the pack cannot lose it
+            self.member.on_end(self.result())
 
     def upload(self) -> None:
         if not self.rows:
@@ -200,17 +204,19 @@ class _Run:
         return RunResult(self.run_id, self.status, final, self.reason, self.outcome)
 
 
-def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size: int, index: int):
+def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size: int, index: int,
+                 pack_id: str = ""):
     """The member's MLflow run with the params, tags and config artifact of a single run (train.run)."""
     from .logger import SuiteLogger
     from .tracking import artifact_location, git_commit, mask, prepare_local_store, resolve_tracking_uri
-    from .train import count_params
+    from .train import checkpoint_root, count_params, resolved_config, task_record
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     prepare_local_store(uri)
+    task_params, task_tags = task_record(task)
     tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__, "device": device,
-            "seed": str(cfg.train.seed), "baseline.formula": task.baseline.formula, "pack.size": str(size),
-            "pack.index": str(index), **member.tags}
+            "seed": str(cfg.train.seed), **task_tags, "pack.size": str(size), "pack.index": str(index),
+            **({"pack.id": pack_id} if pack_id else {}), **member.tags}
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
@@ -223,11 +229,12 @@ def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size:
     except Exception as exc:
         raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
                          f"{mask(str(exc)).splitlines()[0][:200]}") from None
-    params = cfg.flat()
+    resolved = resolved_config(cfg, task, uri, checkpoint_root(cfg))  # as train.run logs it: defaults filled in
+    params = resolved.flat()
     params.update({"cell": cfg.model.cell, "n_params": count_params(model), "seed": cfg.train.seed,
-                   "task.baseline": task.baseline.value, "task.baseline_metric": task.baseline.metric})
+                   **task_params})
     logger.log_params(params)
-    logger.experiment.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    logger.experiment.log_text(run_id, mask(resolved.to_yaml()), "config.yaml")  # no password in an artifact
     return logger
 
 
@@ -239,7 +246,10 @@ def run_pack(members: list[Member]) -> list:
     keys = {pack_key(m.cfg) for m in members}
     if len(keys) > 1:
         raise SuiteError("a pack holds runs of one shape only (same cell, sizes, task and steps)")
-    return _Pack(members).fit()
+    from .train import _sigterm_as_interrupt
+
+    with _sigterm_as_interrupt():  # SIGTERM ends a pack like Ctrl-C: its live members' runs end KILLED
+        return _Pack(members).fit()
 
 
 class _Pack:
@@ -264,7 +274,8 @@ class _Pack:
             pl.seed_everything(m.cfg.train.seed, verbose=False)
             models.append(build_model(m.cfg, self.task).to(self.device))
         self.batched = BatchedModel(models, [m.cfg.model.dropout for m in members])
-        self.runs = [_Run(i, m, self.task, model, self.steps, self.device, len(members))
+        self.id = uuid.uuid4().hex[:12]  # tag pack.id: which runs trained together
+        self.runs = [_Run(i, m, self.task, model, self.steps, self.device, len(members), self.id)
                      for i, (m, model) in enumerate(zip(members, models))]
         self.diag_batch = batch_to(_diag_batch(self.task, cfg.train.diag_batch), self.device)
         self.val = self.task.val_batches(self.device)

@@ -19,6 +19,15 @@ Coordination lives in the Optuna storage, so workers on one machine or many shar
   to exactly top_k x seeds confirmation runs; MLflow runs left RUNNING by a kill are ended KILLED at the end.
 The objective only turns a trial's sampled values into a run config and calls the same ``train.run`` as
 ``rnnsuite train``: the trial object never reaches model or task code (optuna-examples).
+
+Packed trials (``pack: M`` in the file, ``--pack M`` on the command line): a worker asks for up to M trials of one
+study at once (never more than the budget has left, each checked after ``ask`` as above and each recording its
+worker, so a killed pack's trials are reaped and retried one by one like unpacked ones), groups them by shape
+(:func:`suite.packed.pack_key`: cell, sizes, layers, task; learning rate, clipping, dropout, init and seed may
+differ) and trains each group in one vmapped step (:func:`suite.packed.run_pack`); a group of one, or a config
+:func:`suite.packed.packable` refuses (LM tasks, batch-norm cells), trains alone as usual. Each model reports to
+its own trial (intermediate values, the same pruner) and its own nested MLflow trial run, and is told to Optuna
+the moment it leaves the pack (finished, pruned, diverged), so a kill only loses the models still training.
 """
 from __future__ import annotations
 
@@ -48,7 +57,7 @@ MAX_RETRIES = 2  # a configuration that crashes its worker this often is not enq
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 SPEC_KEYS = ("name", "description", "task", "base", "cells", "budget", "search", "param_match", "sampler",
-             "pruner", "objective", "confirm")
+             "pruner", "objective", "confirm", "pack")
 
 
 # ---------------------------------------------------------------------------------------------- the file
@@ -71,6 +80,7 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     description: str = ""
     task_label: str = ""  # the task part of study names
+    pack: int = 1  # trials of one shape trained together in one step (1: one at a time)
 
     def study_name(self, cell: str, phase: str = PHASE_SEARCH) -> str:
         base = f"{self.name}/{self.task_label}/{cell}"
@@ -161,11 +171,20 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec.direction = objective.get("direction", "")
     _need(spec.direction in ("", "minimize", "maximize"),
           f"{path}: objective.direction must be minimize or maximize, got {spec.direction!r}")
+    spec.pack = check_pack(data.get("pack", 1), f"{path}: pack")
     _resolve_task(spec, path)
     for cell in cells:  # every cell builds with the first point of the space: bad keys fail now, not later
         cfg = trial_config(spec, cell, first_point(spec.search), seed=0)
         build_task_and_model(cfg)
     return spec
+
+
+def check_pack(value, where: str = "pack") -> int:
+    """``pack``: how many trials of one shape train together; an integer >= 1 (1 = one at a time)."""
+    _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+          f"{where} must be an integer >= 1 (trials trained together in one step; 1 = one at a time), "
+          f"got {value!r}")
+    return value
 
 
 def _check_choice_block(path, key, block, default, names, extra):
@@ -386,6 +405,8 @@ class Sweep:
         self.host = socket.gethostname()
         self._studies: dict[str, Any] = {}
         self._client = None
+        self._pack_reasons: dict[str, str | None] = {}  # cell -> why its trials cannot be packed (None: they can)
+        self._noted: set[str] = set()  # cells whose "not packed" note was printed
 
     def base_config(self) -> RunConfig:
         return build_config(self.spec.task, self.spec.base)
@@ -629,7 +650,10 @@ class Sweep:
                     continue
                 return
             cell, phase = job
-            self.run_trial(cell, phase)
+            if self.spec.pack > 1:
+                self.run_pack(cell, phase)
+            else:
+                self.run_trial(cell, phase)
             if progress:
                 progress()
 
@@ -660,9 +684,32 @@ class Sweep:
         return None
 
     def run_trial(self, cell: str, phase: str) -> None:
+        study = self.study(cell, phase)
+        trial = self._ask(study, phase)
+        if trial is None:
+            return
+        params, seed = self._trial_params(trial, phase)
+        beat = _Heartbeat(trial)
+        beat.start()
+        try:
+            outcome, value, reason = self._train(cell, phase, trial, params, seed)
+        except KeyboardInterrupt:
+            beat.stop()
+            self._fail_interrupted(study, trial, phase)
+            raise
+        except Exception as exc:  # a crash: the trial does not count and is retried
+            beat.stop()
+            self._crashed(study, trial, phase, exc)
+            return
+        beat.stop()
+        if not self._tell(study, trial, phase, outcome, value, reason):
+            raise KeyboardInterrupt
+
+    def _ask(self, study, phase: str):
+        """``ask`` one trial, record this worker on it at once, and check that it may train (budget, queue).
+        Returns the trial, or None after telling it FAIL (nothing was trained)."""
         from optuna.trial import TrialState
 
-        study = self.study(cell, phase)
         trial = study.ask(distributions(self.spec.search)) if phase == PHASE_SEARCH else study.ask()
         # first thing after `ask`: a trial without its worker can only be reaped after NO_WORKER_GRACE
         trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
@@ -671,36 +718,22 @@ class Sweep:
         if phase == PHASE_SEARCH:
             if not self._within_budget(study, trial):
                 study.tell(trial, state=TrialState.FAIL)
-                return
+                return None
         else:
             if "config" not in trial.user_attrs or self._duplicate_confirm(study, trial):
                 study.tell(trial, state=TrialState.FAIL)  # raced past the queue: no training was done
-                return
+                return None
+        return trial
+
+    def _trial_params(self, trial, phase: str) -> tuple[dict, int]:
         if phase == PHASE_SEARCH:
-            params, seed = dict(trial.params), self.base_config().train.seed
-        else:
-            params, seed = json.loads(trial.user_attrs["config"]), int(trial.user_attrs["seed"])
-        beat = _Heartbeat(trial)
-        beat.start()
-        try:
-            outcome, value, reason = self._train(cell, phase, trial, params, seed)
-        except KeyboardInterrupt:
-            beat.stop()
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            if phase == PHASE_SEARCH:
-                self._retry(study, trial_frozen(study, trial), lost=True)
-            raise
-        except Exception as exc:  # a crash: the trial does not count and is retried
-            beat.stop()
-            trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
-            trial.set_user_attr("crashed", True)
-            study.tell(trial, state=TrialState.FAIL)
-            if phase == PHASE_SEARCH:
-                self._retry(study, trial_frozen(study, trial))
-            print(f"rnnsuite: trial {study.study_name}#{trial.number} crashed: {first_line(exc)}", file=sys.stderr)
-            return
-        beat.stop()
+            return dict(trial.params), self.base_config().train.seed
+        return json.loads(trial.user_attrs["config"]), int(trial.user_attrs["seed"])
+
+    def _tell(self, study, trial, phase: str, outcome: str, value, reason: str) -> bool:
+        """Tell a trained trial's outcome; False if it was interrupted (told FAIL and retried: the caller stops)."""
+        from optuna.trial import TrialState
+
         if outcome == "finished" and value is not None and math.isfinite(value):
             study.tell(trial, value)
         elif outcome in ("finished", "pruned", "diverged"):
@@ -708,11 +741,164 @@ class Sweep:
                 trial.set_user_attr("pruned_reason", reason)
             study.tell(trial, state=TrialState.PRUNED)
         else:  # killed
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            if phase == PHASE_SEARCH:
-                self._retry(study, trial_frozen(study, trial), lost=True)
+            self._fail_interrupted(study, trial, phase)
+            return False
+        return True
+
+    def _fail_interrupted(self, study, trial, phase: str) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("fail_reason", "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        if phase == PHASE_SEARCH:
+            self._retry(study, trial_frozen(study, trial), lost=True)
+
+    def _crashed(self, study, trial, phase: str, exc: BaseException) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
+        trial.set_user_attr("crashed", True)
+        study.tell(trial, state=TrialState.FAIL)
+        if phase == PHASE_SEARCH:
+            self._retry(study, trial_frozen(study, trial))
+        print(f"rnnsuite: trial {study.study_name}#{trial.number} crashed: {first_line(exc)}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ packed trials
+    def pack_size(self, cell: str, phase: str) -> int:
+        """How many trials the next pack of `cell` asks for: ``pack``, never more than the budget has left
+        (search) or than the queue holds (confirmation); 1 where the cell's trials cannot be packed."""
+        size = self.spec.pack
+        if size > 1 and self._unpackable(cell):
+            return 1
+        if phase == PHASE_SEARCH:
+            c = self.counts(cell)
+            size = min(size, self.spec.trials - c["finished"] - c["running"])
+        else:
+            size = min(size, self.counts(cell, PHASE_CONFIRM)["waiting"])
+        return max(1, size)
+
+    def _unpackable(self, cell: str) -> str | None:
+        """Why `cell`'s trials cannot be packed (an LM task, a batch-norm cell), noted once; None if they can."""
+        from .packed import packable
+
+        if cell not in self._pack_reasons:
+            reason = packable(trial_config(self.spec, cell, first_point(self.spec.search), seed=0))
+            self._pack_reasons[cell] = reason
+            if reason:
+                self._note_unpacked(cell, reason)
+        return self._pack_reasons[cell]
+
+    def _note_unpacked(self, cell: str, reason: str) -> None:
+        if cell not in self._noted:
+            self._noted.add(cell)
+            print(f"rnnsuite: note: {cell} trials are not packed ({reason}); training them one at a time",
+                  file=sys.stderr, flush=True)
+
+    def run_pack(self, cell: str, phase: str) -> None:
+        """Ask for up to ``pack`` trials of one study and train them together, one pack per shape."""
+        size = self.pack_size(cell, phase)
+        if size <= 1:
+            self.run_trial(cell, phase)
+            return
+        study = self.study(cell, phase)
+        trials = []
+        for _ in range(size):
+            trial = self._ask(study, phase)
+            if trial is None:  # another worker took the last place, or the queue ran dry: train what we have
+                break
+            trials.append(trial)
+        if trials:
+            self._run_trials(cell, phase, study, trials)
+
+    def _run_trials(self, cell: str, phase: str, study, trials: list) -> None:
+        """Train asked trials grouped by shape: a group of two or more as one pack, a group of one alone."""
+        from .packed import pack_key, packable
+
+        open_ = {t.number: t for t in trials}  # asked, not yet told: what a stop must fail and retry
+        beat = _Heartbeat(open_)
+        beat.start()
+        try:
+            groups: dict[tuple, list] = {}
+            for trial in trials:
+                params, seed = self._trial_params(trial, phase)
+                try:
+                    cfg, tags = self._run_config(cell, phase, trial, params, seed)
+                    key = pack_key(cfg)
+                except Exception as exc:  # its config cannot be built: this trial crashes, not its pack-mates
+                    del open_[trial.number]
+                    self._crashed(study, trial, phase, exc)
+                    continue
+                groups.setdefault(key, []).append((trial, cfg, tags))
+            for group in groups.values():
+                try:
+                    reason = packable(group[0][1]) if len(group) > 1 else None
+                except Exception as exc:
+                    for trial, _, _ in group:
+                        del open_[trial.number]
+                        self._crashed(study, trial, phase, exc)
+                    continue
+                if reason:
+                    self._note_unpacked(cell, reason)
+                if len(group) == 1 or reason:
+                    for trial, cfg, tags in group:
+                        self._run_alone(cell, phase, study, trial, cfg, tags, open_)
+                else:
+                    self._run_packed(cell, phase, study, group, open_)
+        except KeyboardInterrupt:
+            beat.stop()
+            for trial in list(open_.values()):
+                self._fail_interrupted(study, trial, phase)
+            raise
+        finally:
+            beat.stop()
+
+    def _run_alone(self, cell, phase, study, trial, cfg, tags, open_: dict) -> None:
+        try:
+            outcome, value, reason = self._fit(cell, phase, trial, cfg, tags)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            del open_[trial.number]
+            self._crashed(study, trial, phase, exc)
+            return
+        del open_[trial.number]
+        if not self._tell(study, trial, phase, outcome, value, reason):
             raise KeyboardInterrupt
+
+    def _run_packed(self, cell, phase, study, group: list, open_: dict) -> None:
+        from functools import partial
+
+        from .packed import Member, run_pack
+
+        members = []
+        for trial, cfg, tags in group:
+            trial.set_user_attr("hidden_size", cfg.model.hidden_size)
+            members.append(Member(
+                cfg, tags=tags, parent_run_id=self.study_run(cell), monitor=self.metric,
+                on_start=partial(trial.set_user_attr, "mlflow_run_id"),
+                should_prune=_PackPruning(trial, self.spec.pruner.get("warmup_steps", 0))
+                if phase == PHASE_SEARCH else None,
+                on_end=partial(self._member_ended, study, trial, phase, open_)))
+        try:
+            run_pack(members)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the pack crashed: every member still training crashed with it
+            for trial, _, _ in group:
+                if trial.number in open_:
+                    del open_[trial.number]
+                    self._crashed(study, trial, phase, exc)
+
+    def _member_ended(self, study, trial, phase: str, open_: dict, result) -> None:
+        """A model left its pack: tell its trial now (a pack stopped or crashed is handled by its caller)."""
+        if result.outcome not in ("finished", "pruned", "diverged"):
+            return
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        value = result.metrics.get(self.metric)
+        if value is not None:
+            trial.set_user_attr("value", value)
+        self._tell(study, trial, phase, result.outcome, value, result.reason)
+        open_.pop(trial.number, None)
 
     def _within_budget(self, study, trial) -> bool:
         from optuna.trial import TrialState
@@ -738,9 +924,8 @@ class Sweep:
                 return True
         return False
 
-    def _train(self, cell, phase, trial, params, seed):
-        from .train import run
-
+    def _run_config(self, cell, phase, trial, params, seed) -> tuple[RunConfig, dict[str, str]]:
+        """A trial's run config and the tags of its MLflow run (the same for a trial trained alone or packed)."""
         cfg = trial_config(self.spec, cell, params, seed)
         study_name = self.spec.study_name(cell, phase)
         cfg.tracking.uri = self.tracking_uri
@@ -753,6 +938,15 @@ class Sweep:
         if phase == PHASE_CONFIRM:
             tags.update({"confirm.rank": str(trial.user_attrs["rank"]),
                          "confirm.source_trial": str(trial.user_attrs["source_trial"])})
+        return cfg, tags
+
+    def _train(self, cell, phase, trial, params, seed):
+        cfg, tags = self._run_config(cell, phase, trial, params, seed)
+        return self._fit(cell, phase, trial, cfg, tags)
+
+    def _fit(self, cell, phase, trial, cfg, tags):
+        from .train import run
+
         trial.set_user_attr("hidden_size", cfg.model.hidden_size)
         callbacks = [_RecordRunId(trial)]
         if phase == PHASE_SEARCH:
@@ -883,8 +1077,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 class _Heartbeat:
-    def __init__(self, trial):
-        self.trial = trial
+    """Beats every HEARTBEAT seconds on one trial, or on each trial still in a dict (a pack's untold trials)."""
+
+    def __init__(self, trials):
+        self.trials = trials
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -894,9 +1090,16 @@ class _Heartbeat:
     def _loop(self):
         while not self._stop.wait(HEARTBEAT):
             try:
-                self.trial.set_user_attr("heartbeat", time.time())
-            except Exception:
-                pass  # a database hiccup: the next beat retries
+                trials = list(self.trials.values()) if isinstance(self.trials, dict) else [self.trials]
+            except RuntimeError:  # the dict changed while copied: beat at the next interval
+                continue
+            for trial in trials:
+                if self._stop.is_set():
+                    return
+                try:
+                    trial.set_user_attr("heartbeat", time.time())
+                except Exception:
+                    pass  # a database hiccup (or the trial was told meanwhile): the next beat retries
 
     def stop(self):
         self._stop.set()
@@ -922,6 +1125,18 @@ class OptunaPruning(pl.Callback):
             raise PrunedRun(f"pruned at step {step} ({self.monitor}={float(value):.4g})", step)
 
 
+class _PackPruning:
+    """A packed model's pruning decision, as :class:`OptunaPruning` makes it for a model trained alone: report the
+    objective at each validation, prune past the warm-up when the study's pruner says so."""
+
+    def __init__(self, trial, warmup_steps: int = 0):
+        self.trial, self.warmup = trial, warmup_steps
+
+    def __call__(self, value: float, step: int) -> bool:
+        self.trial.report(float(value), step)
+        return step >= self.warmup and self.trial.should_prune()
+
+
 class _RecordRunId(pl.Callback):
     """The trial knows its MLflow run from the start, so a killed trial's run can be ended KILLED."""
 
@@ -935,8 +1150,10 @@ class _RecordRunId(pl.Callback):
 
 # ---------------------------------------------------------------------------------------------- the command
 def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers: int = 1,
-              worker_only: bool = False) -> int:
+              worker_only: bool = False, pack: int | None = None) -> int:
     spec = load_sweep(path)
+    if pack is not None:  # --pack overrides the file's pack:
+        spec.pack = check_pack(pack, "--pack")
     sweep = Sweep(spec, storage, tracking_uri)
     if worker_only:
         sweep.work()
@@ -993,7 +1210,8 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clo
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker per GPU
         # the stores go by environment, not argv: a password on a command line is visible to every user (ps)
         env.update(RNNSUITE_STORAGE=sweep.storage_url, MLFLOW_TRACKING_URI=sweep.tracking_uri)
-        cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet"]
+        cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet", "--pack",
+               str(sweep.spec.pack)]
         procs.append(subprocess.Popen(cmd, env=env))
     last = ""
     try:
