@@ -22,11 +22,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,postgres]"
 	touch $@
 
+# the main job on the embedded defaults: the smoke sweep (3 cells x 3 trials + 3 confirmation seeds, about
+# 2 minutes on 2 CPU cores) into ./rnnsuite-runs, then its report into reports/smoke/ (re-running resumes:
+# a finished sweep says "nothing to do" and the report is rebuilt)
 demo: setup
-	$(VENV)/bin/rnnsuite train --task adding-T100 --cell gru --steps 300
+	$(VENV)/bin/rnnsuite sweep sweeps/smoke.yaml
+	$(VENV)/bin/rnnsuite report smoke
+
+bench: setup
+	$(VENV)/bin/rnnsuite bench --quick
 
 test: setup
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(RUNS) reports/_scratch .pytest_cache
+	rm -rf $(RUNS) reports/smoke .pytest_cache
