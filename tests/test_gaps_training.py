@@ -341,3 +341,22 @@ def test_nan_loss_through_the_cli_is_one_line_on_stderr_and_a_nonzero_exit(tmp_p
     assert "Traceback" not in out.stderr
     run_id = lines[0].split()[2]
     assert mlflow.MlflowClient(f"sqlite:///{db}").get_run(run_id).info.status == "FAILED"
+
+
+def test_a_run_in_process_leaves_the_global_tracking_uri_alone(store, monkeypatch):
+    """Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which also sets $MLFLOW_TRACKING_URI: without
+    SuiteLogger putting it back, every later MLflow call of the process, and every child it starts (a sweep's
+    workers, a test's `rnnsuite train`), went to the last run's store."""
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    cfg = build_config({"task": {"name": "adding"}}, overrides={
+        **SMALL, "tracking.uri": store["uri"], "train.steps": 2, "tracking.experiment": "env-leak",
+        "train.checkpoint_dir": str(store["root"] / "ck-env")})
+    assert run(cfg).status == "FINISHED"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking_utils._tracking_uri is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///somewhere-else.db")  # a user's own setting survives too
+    assert run(cfg).status == "FINISHED"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///somewhere-else.db"
