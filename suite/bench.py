@@ -548,8 +548,9 @@ def bench_diagnostics_off(p: Profile, device: torch.device, clock: Clock, log) -
 def bench_kernels(p: Profile, device: torch.device, clock: Clock, log) -> dict | None:
     """Two per-step kernel choices of the fused loops (suite/cells/base.py), checked on this machine at the step
     shape: the oneDNN linear on a packed weight against torch.addmm for the recurrent GEMM (B, H) x (H, 3H), and
-    tanh as 2 sigmoid(2v) - 1 against torch.tanh on (B, H). Both choices were made on earlier machines; which one
-    wins depends on the CPU. CPU float32 only (elsewhere the loops use torch.addmm and torch.tanh): None."""
+    tanh as 2 sigmoid(2v) - 1 against torch.tanh on (B, H). Which one wins depends on the CPU, so the cells measure
+    both once per process (base.kernel_choice) and report what they chose as "chosen". CPU float32 only
+    (elsewhere the loops use torch.addmm and torch.tanh): None."""
     if device.type != "cpu":
         return None
     from .cells import base
@@ -562,10 +563,16 @@ def bench_kernels(p: Profile, device: torch.device, clock: Clock, log) -> dict |
     v = torch.randn(B, H)
     n = p.kernel_inner
 
-    def onednn():
-        with torch.no_grad(), base.packed_weights():
+    ops = base._onednn()
+    packed = ops[1](w.contiguous()) if ops is not None else None
+
+    def onednn():  # what linear() runs inside a loop where the choice is oneDNN (addmm where this torch has none)
+        with torch.no_grad():
             for _ in range(n):
-                base.linear(h, w, add)
+                if ops is None:
+                    torch.addmm(add, h, w.t())
+                else:
+                    ops[0](h, packed, None, "none", [], "").add_(add)
 
     def addmm():
         wt = w.t()
@@ -573,9 +580,9 @@ def bench_kernels(p: Profile, device: torch.device, clock: Clock, log) -> dict |
             for _ in range(n):
                 torch.addmm(add, h, wt)
 
-    def tanh_sigmoid():
+    def tanh_sigmoid():  # what tanh() runs inside a loop where the choice is the sigmoid form
         for _ in range(n):
-            base.tanh(v)
+            torch.add(base._MINUS_ONE, torch.sigmoid(v + v), alpha=2)
 
     def tanh_torch():
         for _ in range(n):
@@ -587,7 +594,8 @@ def bench_kernels(p: Profile, device: torch.device, clock: Clock, log) -> dict |
     return {"gemm_shape": [B, H, 3 * H], "onednn_linear_us": us["onednn"], "addmm_us": us["addmm"],
             "onednn_vs_addmm": paired_ratio(s["onednn"], s["addmm"]), "onednn_available": base._onednn() is not None,
             "tanh_via_sigmoid_us": us["tanh_sigmoid"], "torch_tanh_us": us["tanh"],
-            "tanh_via_sigmoid_vs_tanh": paired_ratio(s["tanh_sigmoid"], s["tanh"])}
+            "tanh_via_sigmoid_vs_tanh": paired_ratio(s["tanh_sigmoid"], s["tanh"]),
+            "chosen": base.kernel_choice().describe()}  # what the cells' fused loops use in this process
 
 
 def synthetic_tasks() -> list[str]:
@@ -842,7 +850,7 @@ def format_table(r: dict) -> str:
         lines.append(f"kernels: step GEMM {k['gemm_shape']} oneDNN-packed {k['onednn_linear_us']:.1f} us vs addmm "
                      f"{k['addmm_us']:.1f} us ({k['onednn_vs_addmm']:.2f}x); tanh via sigmoid "
                      f"{k['tanh_via_sigmoid_us']:.1f} us vs torch.tanh {k['torch_tanh_us']:.1f} us "
-                     f"({k['tanh_via_sigmoid_vs_tanh']:.2f}x)")
+                     f"({k['tanh_via_sigmoid_vs_tanh']:.2f}x); the cells chose {k['chosen']}")
     lines += ["", "data generation share of a training step: " + ", ".join(
         f"{k} {100 * v:.2f}% ({r['data_detail'][k]['data_ms']:.3f}/{r['data_detail'][k]['step_ms']:.1f} ms)"
         for k, v in r["data"].items())]

@@ -217,6 +217,8 @@ def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size:
     tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__, "device": device,
             "seed": str(cfg.train.seed), **task_tags, "pack.size": str(size), "pack.index": str(index),
             **({"pack.id": pack_id} if pack_id else {}), **member.tags}
+    if device == "cpu":  # a pack runs the cells' reference steps under vmap: never the fused loops' kernels
+        tags["kernels"] = "linear=addmm,tanh=torch (packed: vmapped reference steps)"
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit

@@ -176,6 +176,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    ktags = kernel_tags(cfg, device)  # measured before anything is seeded or written
     task = build_task(cfg)
     pl.seed_everything(cfg.train.seed, verbose=False)
     model = build_model(cfg, task)
@@ -193,7 +194,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     prepare_local_store(uri)
     task_params, task_tags = task_record(task)
     run_tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__,
-                "device": device, "seed": str(cfg.train.seed), **task_tags, **(tags or {})}
+                "device": device, "seed": str(cfg.train.seed), **ktags, **task_tags, **(tags or {})}
     commit = git_commit()
     if commit:
         run_tags["git.commit"] = commit
@@ -396,6 +397,16 @@ class _Batches:
         if self.length is None:
             raise TypeError("infinite")
         return self.length
+
+
+def kernel_tags(cfg: RunConfig, device: str) -> dict[str, str]:
+    """Tag ``kernels``: the CPU kernels the custom cells' fused loops chose on this machine (suite.cells.base:
+    kernel_choice); train.deterministic keeps the plain ones. Empty off the CPU, where there is no choice."""
+    if device != "cpu":
+        return {}
+    from .cells.base import _PLAIN_DETERMINISTIC, kernel_choice
+
+    return {"kernels": (_PLAIN_DETERMINISTIC if cfg.train.deterministic else kernel_choice()).describe()}
 
 
 def _trainer_args(cfg: RunConfig, task, device: str) -> dict:

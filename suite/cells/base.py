@@ -173,7 +173,7 @@ class RecurrentCell(nn.Module):
         """Run forward_step over time (no graph): outputs (B, T, H), final state and, when ``save``, the per-step
         activations stacked time-major (T, ...)."""
         hs, saved = [], []
-        with packed_weights():
+        with loop_kernels():
             for xp_t in xp.transpose(0, 1):
                 state, parts = self.forward_step(xp_t, state, w)
                 hs.append(state[0])
@@ -299,6 +299,9 @@ def gate_views(param: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
 
 _ONEDNN: list = []  # [(linear, pack)] once probed; [None] where this torch has no oneDNN linear
 _packs = threading.local()  # .cache: weight key -> packed weight, inside packed_weights()
+KERNELS_ENV = "RNNSUITE_KERNELS"  # auto (default): measured once per process; plain; tuned
+KERNEL_MODES = ("auto", "plain", "tuned")
+PROBE_MARGIN = 0.9  # an alternative kernel is chosen only when it takes under 90% of the plain op's time
 
 
 def _onednn():
@@ -313,12 +316,103 @@ def _onednn():
     return _ONEDNN[0]
 
 
+@dataclass(frozen=True)
+class KernelChoice:
+    """The two CPU float32 kernels of the fused time loops that are chosen per machine.
+
+    ``onednn_linear``: the recurrent GEMM as torch's oneDNN linear on a weight packed once per loop, instead of
+    torch.addmm. ``tanh_via_sigmoid``: tanh(v) as 2 sigmoid(2v) - 1 (the same function to 2e-7), instead of
+    torch.tanh. Which is faster depends on the CPU: measured at B=32, H=128, one thread, oneDNN was 20-27% faster
+    than addmm on the machines it was introduced on and 1.3-1.4x slower on an Intel Xeon (AVX-512) and an AMD
+    EPYC; the sigmoid form was 5x faster on the first machines, 3x slower on the Xeon and 1.5x faster on the
+    EPYC (docs/benchmarks.md). So, by default, each process measures both pairs once, at first use, and keeps
+    the plain op unless the other takes under PROBE_MARGIN of its time.
+    """
+
+    onednn_linear: bool
+    tanh_via_sigmoid: bool
+    how: str  # "probed", "plain", "tuned", or why the plain ops were kept
+
+    def describe(self) -> str:
+        return (f"linear={'onednn' if self.onednn_linear else 'addmm'},"
+                f"tanh={'sigmoid' if self.tanh_via_sigmoid else 'torch'} ({self.how})")
+
+
+_CHOICE: list[KernelChoice] = []
+_PLAIN_DETERMINISTIC = KernelChoice(False, False, "plain: deterministic algorithms on")
+
+
+def kernel_choice() -> KernelChoice:
+    """The kernels the fused loops use now. ``$RNNSUITE_KERNELS``: ``auto`` (default) measures once per process,
+    ``plain`` keeps torch.addmm and torch.tanh, ``tuned`` forces oneDNN and the sigmoid form. With deterministic
+    algorithms on (``train.deterministic``) the plain ops are used whatever was measured, so that reproducible
+    runs never depend on a timing."""
+    if torch.are_deterministic_algorithms_enabled():
+        return _PLAIN_DETERMINISTIC
+    if not _CHOICE:
+        import os
+
+        mode = os.environ.get(KERNELS_ENV, "auto").strip().lower() or "auto"
+        if mode not in KERNEL_MODES:
+            raise SuiteError(f"${KERNELS_ENV}={mode!r}; accepted: {', '.join(KERNEL_MODES)}")
+        if mode == "plain":
+            _CHOICE.append(KernelChoice(False, False, "plain"))
+        elif mode == "tuned":
+            _CHOICE.append(KernelChoice(_onednn() is not None, True, "tuned"))
+        else:
+            _CHOICE.append(probe_kernels())
+    return _CHOICE[0]
+
+
+def probe_kernels(rounds: int = 7, calls: int = 30, batch: int = 32, hidden: int = 128) -> KernelChoice:
+    """Time each kernel pair at a step's shape (B x H by H x 3H; B x H), interleaved rounds, medians (~25 ms)."""
+    import time
+
+    g = torch.Generator().manual_seed(0)  # its own generator: probing never moves the seeded global one
+    h, w = torch.randn(batch, hidden, generator=g), torch.randn(3 * hidden, hidden, generator=g)
+    add, v = torch.randn(batch, 3 * hidden, generator=g), torch.randn(batch, hidden, generator=g)
+    ops = _onednn()
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        wt = w.t()
+        packed = ops[1](w.contiguous()) if ops is not None else None
+        runners = {"addmm": lambda: torch.addmm(add, h, wt), "tanh": lambda: torch.tanh(v),
+                   "sigmoid": lambda: torch.add(_MINUS_ONE, torch.sigmoid(v + v), alpha=2)}
+        if ops is not None:
+            runners["onednn"] = lambda: ops[0](h, packed, None, "none", [], "").add_(add)
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for fn in runners.values():  # warm-up: first-call allocations, kernel selection
+            timed(fn)
+        for _ in range(rounds):
+            for k, fn in runners.items():
+                times[k].append(timed(fn))
+    return choose_kernels({k: sorted(v)[len(v) // 2] for k, v in times.items()})
+
+
+def choose_kernels(median_s: dict[str, float]) -> KernelChoice:
+    """The decision from median times (keys addmm, tanh, sigmoid, and onednn where available): the plain op
+    unless the alternative takes under PROBE_MARGIN of its time."""
+    onednn = "onednn" in median_s and median_s["onednn"] < PROBE_MARGIN * median_s["addmm"]
+    return KernelChoice(onednn, median_s["sigmoid"] < PROBE_MARGIN * median_s["tanh"], "probed")
+
+
+def reset_kernel_choice() -> None:
+    """Forget the choice (the next fused loop decides again): for tests and benchmarks."""
+    _CHOICE.clear()
+
+
 @contextlib.contextmanager
 def packed_weights():
     """Inside this block :func:`linear` reorders each weight into oneDNN's blocked layout once, on first use,
     and reuses it at every later step (the weights of a time loop do not change while it runs)."""
     old = getattr(_packs, "cache", None)
-    _packs.cache = {}
+    _packs.cache = {} if kernel_choice().onednn_linear else None
     try:
         yield
     finally:
@@ -329,9 +423,9 @@ def linear(x: Tensor, w: Tensor, add: Tensor | None = None) -> Tensor:
     """add + x w^T (w: (out, in); add: None, a bias (out,) or a matrix (B, out)): the GEMM of every time step.
 
     Where no graph is being built (the fast path's forward and backward), on CPU in float32, inside
-    :func:`packed_weights` this calls torch's oneDNN linear kernel (the library of nn.LSTM's CPU kernel) on a
-    weight packed once per loop: 20-27% faster per step than torch.addmm's MKL call in a dependent time loop
-    at B=32, H=128, K=384-512 on the machines measured here. Everywhere else torch.addmm (autograd-friendly).
+    :func:`packed_weights`, and where :func:`kernel_choice` found it faster on this machine, this calls torch's
+    oneDNN linear kernel (the library of nn.LSTM's CPU kernel) on a weight packed once per loop. Everywhere
+    else torch.addmm (autograd-friendly).
     """
     cache = getattr(_packs, "cache", None)
     if (cache is not None and x.dtype == torch.float32 and x.device.type == "cpu"
@@ -352,13 +446,26 @@ def linear(x: Tensor, w: Tensor, add: Tensor | None = None) -> Tensor:
 
 
 _MINUS_ONE = torch.tensor(-1.0)
+_TANH_VIA_SIGMOID = threading.local()  # .on: the sigmoid form, set per fused loop from kernel_choice()
+
+
+@contextlib.contextmanager
+def loop_kernels():
+    """The kernels of one time loop: oneDNN-packed weights and the tanh form, as :func:`kernel_choice` says."""
+    old = getattr(_TANH_VIA_SIGMOID, "on", False)
+    _TANH_VIA_SIGMOID.on = kernel_choice().tanh_via_sigmoid
+    try:
+        with packed_weights():
+            yield
+    finally:
+        _TANH_VIA_SIGMOID.on = old
 
 
 def tanh(v: Tensor) -> Tensor:
-    """tanh inside the time loop. On CPU in float32: 2 sigmoid(2v) - 1 (two ops, 4.4 us for 32 x 128 floats here),
-    the same function, because torch's CPU tanh kernel alone costs 9.4 us there (its sigmoid 1.8 us); the two
-    agree to 2e-7 absolute. Elsewhere (float64, GPU) torch.tanh."""
-    if v.device.type != "cpu" or v.dtype != torch.float32:
+    """tanh inside the time loop: on CPU in float32, inside :func:`loop_kernels`, and where :func:`kernel_choice`
+    found it faster here, 2 sigmoid(2v) - 1 (the same function; the two agree to 2e-7 absolute). Elsewhere
+    (float64, GPU, the reference path) torch.tanh."""
+    if v.device.type != "cpu" or v.dtype != torch.float32 or not getattr(_TANH_VIA_SIGMOID, "on", False):
         return torch.tanh(v)
     return torch.add(_MINUS_ONE, torch.sigmoid(v + v), alpha=2)
 
@@ -424,7 +531,7 @@ class FusedLoop(torch.autograd.Function):
         # dense incoming gradients: out.sum() sends an expanded (stride-0) one, slow to slice step by step
         d_out, d_final = d_out.contiguous(), tuple(d.contiguous() for d in d_final)
         g = BPTTInputs(xp, out, tuple(rest[:n]), tuple(rest[n:n + k]), tuple(rest[n + k:]), d_out, d_final)
-        with packed_weights():
+        with loop_kernels():
             dxp, dstate, dw = ctx.cell.bptt(g)
         return (None, None, dxp, *dstate, *dw)
 
