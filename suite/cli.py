@@ -40,8 +40,10 @@ def _cmd_list(args) -> int:
         from .config import shipped_sweeps
 
         print("sweeps (rnnsuite sweep sweeps/FILE.yaml):")
-        for path, description in shipped_sweeps().items():
-            print(f"  {path:<24} {description}")
+        found = shipped_sweeps()
+        width = max((len(p) for p in found), default=0) + 1
+        for path, description in found.items():
+            print(f"  {path:<{width}} {description}")
     return 0
 
 
