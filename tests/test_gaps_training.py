@@ -360,3 +360,17 @@ def test_a_run_in_process_leaves_the_global_tracking_uri_alone(store, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///somewhere-else.db")  # a user's own setting survives too
     assert run(cfg).status == "FINISHED"
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///somewhere-else.db"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "sgru"])
+def test_a_bf16_mixed_run_finishes_with_finite_metrics(store, cell):
+    """train.precision=bf16-mixed (Lightning's autocast; the cells keep their recurrence in the parameters'
+    dtype) on the CPU, where the tests run; the same code path serves GPUs."""
+    cfg = build_config({"task": {"name": "adding"}}, overrides={
+        **SMALL, "model.cell": cell, "tracking.uri": store["uri"], "train.steps": 5, "train.precision": "bf16-mixed",
+        "tracking.experiment": "bf16", "train.checkpoint_dir": str(store["root"] / f"ck-bf16-{cell}")})
+    result = run(cfg)
+    assert result.status == "FINISHED"
+    params = mlflow.MlflowClient(store["uri"]).get_run(result.run_id).data.params
+    assert params["train.precision"] == "bf16-mixed"
+    assert all(math.isfinite(result.metrics[k]) for k in ("train/loss", "val/mse", "test/mse"))
