@@ -1213,17 +1213,21 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clo
         cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet", "--pack",
                str(sweep.spec.pack)]
         procs.append(subprocess.Popen(cmd, env=env))
+    from .train import _sigterm_as_interrupt
+
     last = ""
     try:
-        while any(p.poll() is None for p in procs):
-            line = sweep.progress_line()
-            if line != last:
-                print(line + clock.suffix(), flush=True)
-                last = line
-            time.sleep(3.0)
-    except KeyboardInterrupt:
+        with _sigterm_as_interrupt():  # SIGTERM (kill, a scheduler's pre-emption) stops the workers too
+            while any(p.poll() is None for p in procs):
+                line = sweep.progress_line()
+                if line != last:
+                    print(line + clock.suffix(), flush=True)
+                    last = line
+                time.sleep(3.0)
+    except BaseException:  # Ctrl-C, SIGTERM, an error here: no worker is left training on its own
         for p in procs:
-            p.terminate()
+            if p.poll() is None:
+                p.terminate()  # each ends its trial KILLED and hands it back to be retried
         for p in procs:
             p.wait()
         raise

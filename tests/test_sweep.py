@@ -232,6 +232,52 @@ def test_four_workers_share_a_sweep_with_exact_counts(tmp_path):
     assert_exact(storage, tracking, spec)
 
 
+def _workers_of(path) -> list[int]:
+    """Pids of live `--worker-only` processes of this sweep file (read from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker-only" in argv and str(path).encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_multi_worker_sweep_stops_its_workers_and_the_sweep_resumes(tmp_path):
+    """Killing the command a user started (kill, a scheduler's pre-emption) must not leave its worker processes
+    training on their own: they end their trials KILLED, the trials are retried, and re-running resumes."""
+    spec = dict(TINY, name="term", cells=["gru", "sgru"], budget={"trials": 3, "steps": 400})
+    path = write(tmp_path, spec)
+    storage, tracking = stores(tmp_path)
+    cmd = [sys.executable, "-m", "suite", "sweep", str(path), "--storage", storage, "--tracking-uri", tracking,
+           "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and _running_trial(storage, "term/adding/gru") is None:
+            time.sleep(0.5)
+        assert _running_trial(storage, "term/adding/gru") is not None, "no trial was ever seen running"
+        assert len(_workers_of(path)) == 2
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert _workers_of(path) == []  # none left behind
+    client = mlflow.MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("term").experiment_id], max_results=500)
+    trial_runs = [r for r in runs if r.data.tags.get("rnnsuite.level") == "trial"]
+    assert trial_runs and not [r for r in trial_runs if r.info.status == "RUNNING"]  # ended KILLED, not orphaned
+    assert "KILLED" in {r.info.status for r in trial_runs}
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert_exact(storage, tracking, spec)
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_sweeps_load(path):
     spec = load_sweep(path)
