@@ -167,7 +167,9 @@ def gate_use(an: Analysis) -> Figure | None:
     if raw.empty:
         return None
     plt = _plt()
-    labels = [f"{r.cell}\n{r.gate}{'*' if r.keep_gate else ''}" + (f" {r.layer}" if r.layer != "l0" else "")
+    crowded = max(len(c) for c in raw["cell"]) > 7  # long names (gru_reset_before) overlap their neighbours
+    sep = " " if crowded else "\n"  # rotated labels on one line each
+    labels = [f"{r.cell}{sep}{r.gate}{'*' if r.keep_gate else ''}" + (f" {r.layer}" if r.layer != "l0" else "")
               for r in raw.itertuples()]
     x = np.arange(len(raw))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(raw) + 2), 4))
@@ -175,7 +177,8 @@ def gate_use(an: Analysis) -> Figure | None:
     colors = _colors(an.cells)
     ax.bar(x + 0.2, raw["saturation_end"].fillna(0), 0.4, color=[colors[c] for c in raw["cell"]],
            label="end of training")
-    ax.set_xticks(x, labels)
+    ax.set_xticks(x, labels, rotation=40 if crowded else 0, ha="right" if crowded else "center",
+                  rotation_mode="anchor" if crowded else "default")
     ax.set_ylim(0, 1)
     ax.axhline(0.5, color="0.4", ls=":", lw=1)
     ax.set_ylabel("fraction of activations < 0.1 or > 0.9")
