@@ -183,6 +183,23 @@ def paired_ratio(num: list[float], den: list[float]) -> float:
     return median([a / b for a, b in zip(num, den)])
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null: torch's profiler (kineto) writes "profiler_start/stop" lines and allocator
+    warnings from C++ on every use, which would bury the benchmark's own progress lines on stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
     """Peak tensor memory (MiB) that one call of ``fn`` allocates above what was allocated before it; see the
     module docstring for the two methods. None where this torch's profiler gives no allocation records."""
@@ -196,7 +213,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
     try:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         records = [e for e in prof.profiler.kineto_results.events()
                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
@@ -548,9 +565,10 @@ def bench_diagnostics_off(p: Profile, device: torch.device, clock: Clock, log) -
 def bench_kernels(p: Profile, device: torch.device, clock: Clock, log) -> dict | None:
     """Two per-step kernel choices of the fused loops (suite/cells/base.py), checked on this machine at the step
     shape: the oneDNN linear on a packed weight against torch.addmm for the recurrent GEMM (B, H) x (H, 3H), and
-    tanh as 2 sigmoid(2v) - 1 against torch.tanh on (B, H). Which one wins depends on the CPU, so the cells measure
-    both once per process (base.kernel_choice) and report what they chose as "chosen". CPU float32 only
-    (elsewhere the loops use torch.addmm and torch.tanh): None."""
+    tanh as 2 sigmoid(2v) - 1 against torch.tanh on (B, H), in isolation. Which one wins depends on the CPU, and
+    in isolation is not in a cell's loop (base.KernelChoice), so the cells use the plain ops unless
+    RNNSUITE_KERNELS=tuned; "chosen" says which this process used. CPU float32 only (elsewhere the loops use
+    torch.addmm and torch.tanh): None."""
     if device.type != "cpu":
         return None
     from .cells import base
@@ -733,12 +751,17 @@ def bench(profile: Profile | str = "full", device: str = "auto", threads: int | 
     log = log or (lambda msg: None)
     clock = Clock(dev)
     started = time.perf_counter()
+    from .cells.base import kernel_choice
+
+    kernels = kernel_choice().describe() if dev.type == "cpu" else None  # $RNNSUITE_KERNELS: plain or tuned
+    log(f"cells' CPU kernels: {kernels}")
     result: dict = {
         "device": dev.type,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "kernels_chosen": kernels,
         "profile": p.name,
         "quick": p.name == "quick",
         "note": p.note,

@@ -176,7 +176,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    ktags = kernel_tags(cfg, device)  # measured before anything is seeded or written
+    ktags = kernel_tags(cfg, device)  # a bad $RNNSUITE_KERNELS is refused before anything is written
     task = build_task(cfg)
     pl.seed_everything(cfg.train.seed, verbose=False)
     model = build_model(cfg, task)
@@ -400,8 +400,8 @@ class _Batches:
 
 
 def kernel_tags(cfg: RunConfig, device: str) -> dict[str, str]:
-    """Tag ``kernels``: the CPU kernels the custom cells' fused loops chose on this machine (suite.cells.base:
-    kernel_choice); train.deterministic keeps the plain ones. Empty off the CPU, where there is no choice."""
+    """Tag ``kernels``: the CPU kernels the custom cells' fused loops use (suite.cells.base.kernel_choice:
+    $RNNSUITE_KERNELS plain or tuned; train.deterministic keeps the plain ones). Empty off the CPU."""
     if device != "cpu":
         return {}
     from .cells.base import _PLAIN_DETERMINISTIC, kernel_choice

@@ -299,9 +299,8 @@ def gate_views(param: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
 
 _ONEDNN: list = []  # [(linear, pack)] once probed; [None] where this torch has no oneDNN linear
 _packs = threading.local()  # .cache: weight key -> packed weight, inside packed_weights()
-KERNELS_ENV = "RNNSUITE_KERNELS"  # auto (default): measured once per process; plain; tuned
-KERNEL_MODES = ("auto", "plain", "tuned")
-PROBE_MARGIN = 0.9  # an alternative kernel is chosen only when it takes under 90% of the plain op's time
+KERNELS_ENV = "RNNSUITE_KERNELS"  # plain (default) | tuned
+KERNEL_MODES = ("plain", "tuned")
 
 
 def _onednn():
@@ -318,20 +317,24 @@ def _onednn():
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """The two CPU float32 kernels of the fused time loops that are chosen per machine.
+    """The two CPU float32 kernels of the fused time loops that have an alternative.
 
     ``onednn_linear``: the recurrent GEMM as torch's oneDNN linear on a weight packed once per loop, instead of
     torch.addmm. ``tanh_via_sigmoid``: tanh(v) as 2 sigmoid(2v) - 1 (the same function to 2e-7), instead of
-    torch.tanh. Which is faster depends on the CPU: measured at B=32, H=128, one thread, oneDNN was 20-27% faster
-    than addmm on the machines it was introduced on and 1.3-1.4x slower on an Intel Xeon (AVX-512) and an AMD
-    EPYC; the sigmoid form was 5x faster on the first machines, 3x slower on the Xeon and 1.5x faster on the
-    EPYC (docs/benchmarks.md). So, by default, each process measures both pairs once, at first use, and keeps
-    the plain op unless the other takes under PROBE_MARGIN of its time.
+    torch.tanh. Both were introduced as gains on earlier machines (oneDNN 20-27% faster per step, the sigmoid
+    form 5x faster than torch's tanh there). Measured since (docs/benchmarks.md, one thread, B=32, T=200, H=128,
+    forward+backward against nn.GRU in the same rounds): on an Intel Xeon both were slower than the plain ops
+    (the cells 1.3-1.4x slower with them); on an AMD EPYC oneDNN made the two-GEMM cells (mgu, gru_reset_before,
+    mut1-3) 10-15% slower and the LSTM variants 5-10% faster, and the tanh form changed nothing measurable. An
+    isolated-kernel probe picked oneDNN on the EPYC (24 vs 33 us a GEMM) although it slowed those cells down, so
+    the choice is not made by timing: the plain ops are the default (deterministic, never slower by more than
+    the LSTM variants' 5-10% on the machines measured), and ``RNNSUITE_KERNELS=tuned`` opts into both
+    alternatives where ``rnnsuite bench`` shows they pay.
     """
 
     onednn_linear: bool
     tanh_via_sigmoid: bool
-    how: str  # "probed", "plain", "tuned", or why the plain ops were kept
+    how: str  # "plain", "tuned", or why the plain ops were kept
 
     def describe(self) -> str:
         return (f"linear={'onednn' if self.onednn_linear else 'addmm'},"
@@ -343,67 +346,26 @@ _PLAIN_DETERMINISTIC = KernelChoice(False, False, "plain: deterministic algorith
 
 
 def kernel_choice() -> KernelChoice:
-    """The kernels the fused loops use now. ``$RNNSUITE_KERNELS``: ``auto`` (default) measures once per process,
-    ``plain`` keeps torch.addmm and torch.tanh, ``tuned`` forces oneDNN and the sigmoid form. With deterministic
-    algorithms on (``train.deterministic``) the plain ops are used whatever was measured, so that reproducible
-    runs never depend on a timing."""
+    """The kernels the fused loops use: ``$RNNSUITE_KERNELS`` ``plain`` (default: torch.addmm and torch.tanh) or
+    ``tuned`` (the oneDNN-packed GEMM where this torch has it, and the sigmoid form of tanh). With deterministic
+    algorithms on (``train.deterministic``) the plain ops are used whatever the variable says."""
     if torch.are_deterministic_algorithms_enabled():
         return _PLAIN_DETERMINISTIC
     if not _CHOICE:
         import os
 
-        mode = os.environ.get(KERNELS_ENV, "auto").strip().lower() or "auto"
+        mode = os.environ.get(KERNELS_ENV, "plain").strip().lower() or "plain"
         if mode not in KERNEL_MODES:
             raise SuiteError(f"${KERNELS_ENV}={mode!r}; accepted: {', '.join(KERNEL_MODES)}")
-        if mode == "plain":
-            _CHOICE.append(KernelChoice(False, False, "plain"))
-        elif mode == "tuned":
+        if mode == "tuned":
             _CHOICE.append(KernelChoice(_onednn() is not None, True, "tuned"))
         else:
-            _CHOICE.append(probe_kernels())
+            _CHOICE.append(KernelChoice(False, False, "plain"))
     return _CHOICE[0]
 
 
-def probe_kernels(rounds: int = 7, calls: int = 30, batch: int = 32, hidden: int = 128) -> KernelChoice:
-    """Time each kernel pair at a step's shape (B x H by H x 3H; B x H), interleaved rounds, medians (~25 ms)."""
-    import time
-
-    g = torch.Generator().manual_seed(0)  # its own generator: probing never moves the seeded global one
-    h, w = torch.randn(batch, hidden, generator=g), torch.randn(3 * hidden, hidden, generator=g)
-    add, v = torch.randn(batch, 3 * hidden, generator=g), torch.randn(batch, hidden, generator=g)
-    ops = _onednn()
-
-    def timed(fn) -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return time.perf_counter() - start
-
-    with torch.no_grad():
-        wt = w.t()
-        packed = ops[1](w.contiguous()) if ops is not None else None
-        runners = {"addmm": lambda: torch.addmm(add, h, wt), "tanh": lambda: torch.tanh(v),
-                   "sigmoid": lambda: torch.add(_MINUS_ONE, torch.sigmoid(v + v), alpha=2)}
-        if ops is not None:
-            runners["onednn"] = lambda: ops[0](h, packed, None, "none", [], "").add_(add)
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        for fn in runners.values():  # warm-up: first-call allocations, kernel selection
-            timed(fn)
-        for _ in range(rounds):
-            for k, fn in runners.items():
-                times[k].append(timed(fn))
-    return choose_kernels({k: sorted(v)[len(v) // 2] for k, v in times.items()})
-
-
-def choose_kernels(median_s: dict[str, float]) -> KernelChoice:
-    """The decision from median times (keys addmm, tanh, sigmoid, and onednn where available): the plain op
-    unless the alternative takes under PROBE_MARGIN of its time."""
-    onednn = "onednn" in median_s and median_s["onednn"] < PROBE_MARGIN * median_s["addmm"]
-    return KernelChoice(onednn, median_s["sigmoid"] < PROBE_MARGIN * median_s["tanh"], "probed")
-
-
 def reset_kernel_choice() -> None:
-    """Forget the choice (the next fused loop decides again): for tests and benchmarks."""
+    """Forget the choice (the next fused loop reads $RNNSUITE_KERNELS again): for tests and benchmarks."""
     _CHOICE.clear()
 
 
