@@ -325,10 +325,10 @@ class KernelChoice:
     form 5x faster than torch's tanh there). Measured since (docs/benchmarks.md, one thread, B=32, T=200, H=128,
     forward+backward against nn.GRU in the same rounds): on an Intel Xeon both were slower than the plain ops
     (the cells 1.3-1.4x slower with them); on an AMD EPYC oneDNN made the two-GEMM cells (mgu, gru_reset_before,
-    mut1-3) 10-15% slower and the LSTM variants 5-10% faster, and the tanh form changed nothing measurable. An
+    mut1-3) 10-15% slower and the LSTM variants 2-8% faster, and the tanh form changed no cell by 5%. An
     isolated-kernel probe picked oneDNN on the EPYC (24 vs 33 us a GEMM) although it slowed those cells down, so
     the choice is not made by timing: the plain ops are the default (deterministic, never slower by more than
-    the LSTM variants' 5-10% on the machines measured), and ``RNNSUITE_KERNELS=tuned`` opts into both
+    the LSTM variants' 2-8% on the machines measured), and ``RNNSUITE_KERNELS=tuned`` opts into both
     alternatives where ``rnnsuite bench`` shows they pay.
     """
 
@@ -371,8 +371,9 @@ def reset_kernel_choice() -> None:
 
 @contextlib.contextmanager
 def packed_weights():
-    """Inside this block :func:`linear` reorders each weight into oneDNN's blocked layout once, on first use,
-    and reuses it at every later step (the weights of a time loop do not change while it runs)."""
+    """Where :func:`kernel_choice` takes the oneDNN GEMM, inside this block :func:`linear` reorders each weight into
+    oneDNN's blocked layout once, on first use, and reuses it at every later step (the weights of a time loop do
+    not change while it runs); otherwise :func:`linear` stays torch.addmm."""
     old = getattr(_packs, "cache", None)
     _packs.cache = {} if kernel_choice().onednn_linear else None
     try:
@@ -385,7 +386,7 @@ def linear(x: Tensor, w: Tensor, add: Tensor | None = None) -> Tensor:
     """add + x w^T (w: (out, in); add: None, a bias (out,) or a matrix (B, out)): the GEMM of every time step.
 
     Where no graph is being built (the fast path's forward and backward), on CPU in float32, inside
-    :func:`packed_weights`, and where :func:`kernel_choice` found it faster on this machine, this calls torch's
+    :func:`packed_weights`, and where :func:`kernel_choice` says so (``RNNSUITE_KERNELS=tuned``), this calls torch's
     oneDNN linear kernel (the library of nn.LSTM's CPU kernel) on a weight packed once per loop. Everywhere
     else torch.addmm (autograd-friendly).
     """
@@ -425,7 +426,7 @@ def loop_kernels():
 
 def tanh(v: Tensor) -> Tensor:
     """tanh inside the time loop: on CPU in float32, inside :func:`loop_kernels`, and where :func:`kernel_choice`
-    found it faster here, 2 sigmoid(2v) - 1 (the same function; the two agree to 2e-7 absolute). Elsewhere
+    says so (``RNNSUITE_KERNELS=tuned``), 2 sigmoid(2v) - 1 (the same function; they agree to 2e-7). Elsewhere
     (float64, GPU, the reference path) torch.tanh."""
     if v.device.type != "cpu" or v.dtype != torch.float32 or not getattr(_TANH_VIA_SIGMOID, "on", False):
         return torch.tanh(v)
