@@ -218,7 +218,9 @@ def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size:
             "seed": str(cfg.train.seed), **task_tags, "pack.size": str(size), "pack.index": str(index),
             **({"pack.id": pack_id} if pack_id else {}), **member.tags}
     if device == "cpu":  # a pack runs the cells' reference steps under vmap: never the fused loops' kernels
-        tags["kernels"] = "linear=addmm,tanh=torch (packed: vmapped reference steps)"
+        from .cells.base import KernelChoice
+
+        tags["kernels"] = KernelChoice(False, False, "packed: vmapped reference steps").describe()
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
