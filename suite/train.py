@@ -244,12 +244,25 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
                            mode="min" if task.direction == "minimize" else "max", save_last=True,
                            save_top_k=1, auto_insert_metric_name=False),
            _InterruptCheckpoint(ckpt_dir), StepTimer(cfg.train.log_every), *(callbacks or [])]
-    trainer = pl.Trainer(**_trainer_args(cfg, task, device), logger=logger, callbacks=cbs,
-                         plugins=[AtomicCheckpointIO()])
     try:
-        return _fit(trainer, module, data, ckpt_path, task, logger, client, run_id)
+        with _deterministic_flag_restored():
+            trainer = pl.Trainer(**_trainer_args(cfg, task, device), logger=logger, callbacks=cbs,
+                                 plugins=[AtomicCheckpointIO()])
+            return _fit(trainer, module, data, ckpt_path, task, logger, client, run_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _deterministic_flag_restored():
+    """Lightning's Trainer(deterministic=True) turns torch's deterministic algorithms on for the whole process and
+    never off: every later run of that process (a sweep worker's next trial, a notebook) would then run, and
+    tag its kernels, as deterministic. The flag is put back when the run ends."""
+    on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
 
 
 def _fit(trainer, module, data, ckpt_path, task, logger, client, run_id) -> RunResult:

@@ -104,6 +104,7 @@ def test_a_run_records_the_kernels_it_used(fresh_choice, tmp_path, deterministic
                                                      "checkpoint_dir": str(tmp_path / "ck")},
                         "tracking": {"uri": uri}})
     result = run(cfg)
+    assert not torch.are_deterministic_algorithms_enabled()  # Lightning's process-wide switch is put back
     tag = mlflow.MlflowClient(uri).get_run(result.run_id).data.tags["kernels"]
     if deterministic:
         assert tag == "linear=addmm,tanh=torch (plain: deterministic algorithms on)"
