@@ -279,12 +279,29 @@ class _Pack:
             models.append(build_model(m.cfg, self.task).to(self.device))
         self.batched = BatchedModel(models, [m.cfg.model.dropout for m in members])
         self.id = uuid.uuid4().hex[:12]  # tag pack.id: which runs trained together
-        self.runs = [_Run(i, m, self.task, model, self.steps, self.device, len(members), self.id)
-                     for i, (m, model) in enumerate(zip(members, models))]
+        self.runs = []
+        try:  # a kill while the members' runs are being created ends those already created, not leaves them RUNNING
+            for i, (m, model) in enumerate(zip(members, models)):
+                self.runs.append(_Run(i, m, self.task, model, self.steps, self.device, len(members), self.id))
+        except BaseException as exc:
+            self._end_alive(exc)
+            raise
         self.diag_batch = batch_to(_diag_batch(self.task, cfg.train.diag_batch), self.device)
         self.val = self.task.val_batches(self.device)
         self.test = self.task.test_batches(self.device)
         self._diagnosed: set[int] = set()
+
+    def _end_alive(self, exc: BaseException) -> None:
+        """The pack stopped (KILLED: Ctrl-C, SIGTERM) or crashed (FAILED, with the error): so does every live member."""
+        from .tracking import mask
+
+        killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        for r in self.runs:
+            if r.alive:
+                if killed:
+                    r.end("KILLED", "killed", "interrupted (pack stopped)")
+                else:
+                    r.end("FAILED", "failed", f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list:
@@ -331,17 +348,8 @@ class _Pack:
             for r in self.runs:
                 if r.alive:
                     r.end("FINISHED", "finished")
-        except (KeyboardInterrupt, SystemExit):
-            for r in self.runs:
-                if r.alive:
-                    r.end("KILLED", "killed", "interrupted (pack stopped)")
-            raise
         except BaseException as exc:
-            from .tracking import mask
-
-            for r in self.runs:
-                if r.alive:
-                    r.end("FAILED", "failed", f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
+            self._end_alive(exc)
             raise
         finally:
             if bar is not None:

@@ -641,21 +641,28 @@ class Sweep:
 
     # ------------------------------------------------------------------ the worker
     def work(self, progress=None) -> None:
-        """Run trials until nothing is left that this worker can start; wait while others still run."""
-        while True:
-            job = self._next_job()
-            if job is None:
-                if self._anything_running():
-                    time.sleep(2.0)
-                    continue
-                return
-            cell, phase = job
-            if self.spec.pack > 1:
-                self.run_pack(cell, phase)
-            else:
-                self.run_trial(cell, phase)
-            if progress:
-                progress()
+        """Run trials until nothing is left that this worker can start; wait while others still run.
+
+        SIGTERM (``kill``, a scheduler's pre-emption, the parent of ``--workers N``) stops the worker like Ctrl-C
+        at any moment, between trials too: the trial in hand is told FAIL and retried, its MLflow run ends
+        KILLED."""
+        from .train import _sigterm_as_interrupt
+
+        with _sigterm_as_interrupt():
+            while True:
+                job = self._next_job()
+                if job is None:
+                    if self._anything_running():
+                        time.sleep(2.0)
+                        continue
+                    return
+                cell, phase = job
+                if self.spec.pack > 1:
+                    self.run_pack(cell, phase)
+                else:
+                    self.run_trial(cell, phase)
+                if progress:
+                    progress()
 
     def _anything_running(self) -> bool:
         for cell in self.spec.cells:

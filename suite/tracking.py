@@ -54,7 +54,10 @@ def prepare_local_store(uri: str) -> None:
 
     Two processes started at the same moment on a new store (two `rnnsuite train` commands, say) would otherwise
     both run MLflow's schema migrations and one would die with alembic's "Online migration expected to match one
-    row" error. MLflow's INFO lines about creating tables are silenced: stderr carries only rnnsuite's own lines.
+    row" error. A new database is built beside its final name and renamed into place once its schema is complete:
+    a process killed during MLflow's migrations (dozens of steps, each its own transaction on SQLite) would
+    otherwise leave a half-migrated file on which every later command fails ("table _alembic_tmp_... already
+    exists"). MLflow's INFO lines about creating tables are silenced: stderr carries only rnnsuite's own lines.
     """
     if not uri.startswith("sqlite:///"):
         return
@@ -72,9 +75,26 @@ def prepare_local_store(uri: str) -> None:
         try:
             from mlflow.tracking._tracking_service.utils import _get_store
 
-            _get_store(uri)  # creates or migrates the schema; cached for this process's later clients
+            if not db.exists() or db.stat().st_size == 0:
+                _create_schema_atomically(db)
+            _get_store(uri)  # migrates an older schema if need be; cached for this process's later clients
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _create_schema_atomically(db: Path) -> None:
+    """MLflow's schema in a temporary file of db's folder, then renamed to db (the caller holds db's lock)."""
+    from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+
+    for stale in db.parent.glob(f".{db.name}.creating-*"):  # left by a process killed here before
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    engine = create_sqlalchemy_engine(f"sqlite:///{tmp}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    os.replace(tmp, db)
 
 
 def artifact_location(uri: str) -> str | None:

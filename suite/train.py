@@ -211,6 +211,20 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
         raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
                          f"{mask(str(exc)).splitlines()[0][:200]}") from None
     client = logger.experiment
+    with _sigterm_as_interrupt():  # from here on the run exists: a kill at any moment ends it KILLED
+        try:
+            return _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, client, device, restart_of,
+                                    damage, resume_run_id, resumed, task_params, callbacks)
+        except (KeyboardInterrupt, SystemExit):  # before the fit began (during it, _fit ends the run itself)
+            with contextlib.suppress(Exception):
+                client.set_tag(run_id, "failure.reason", "interrupted before training started")
+                logger.terminate(STATUS_KILLED)
+            return RunResult(run_id, STATUS_KILLED, reason="interrupted before training started", outcome="killed")
+
+
+def _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, client, device, restart_of, damage,
+                     resume_run_id, resumed, task_params, callbacks) -> RunResult:
+    """Record the new run's configuration (or reopen a resumed one), build the trainer and train."""
     ckpt_dir = ckpt_root / run_id
     ckpt_path = None
     start_step = 0

@@ -305,6 +305,44 @@ def test_runs_started_together_on_a_new_store_all_finish(tmp_path):
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
 
 
+_CREATE_STORE = """
+import sys
+from suite.tracking import prepare_local_store
+import mlflow  # imported before the go signal: the kill lands inside the schema creation
+print("go", flush=True)
+prepare_local_store(sys.argv[1])
+print("done", flush=True)
+"""
+
+
+def test_a_kill_while_a_new_store_gets_its_schema_leaves_a_store_that_opens(tmp_path):
+    """SIGKILL at several moments of MLflow's schema creation on a new SQLite store (the kill loop above found a
+    half-migrated file that failed every later command with "table _alembic_tmp_datasets already exists"): the
+    next command finds either no database or a complete one, and records a run in it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    killed_mid_way = 0
+    for i, delay in enumerate([0.1, 0.3, 0.6, 0.9, 1.3, 1.8]):
+        db = tmp_path / f"store{i}" / "mlflow.db"
+        proc = subprocess.Popen([sys.executable, "-c", _CREATE_STORE, f"sqlite:///{db}"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "go"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+        if "done" not in out:
+            killed_mid_way += 1
+            assert not db.exists(), f"a partial database was left after a kill {delay} s in"
+        again = subprocess.run([sys.executable, "-c", _CREATE_STORE, f"sqlite:///{db}"], env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+        assert [p.name for p in db.parent.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+        client = mlflow.MlflowClient(f"sqlite:///{db}")
+        run = client.create_run(client.create_experiment("x"))
+        client.set_terminated(run.info.run_id)
+        assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert killed_mid_way >= 3  # most kills landed during the creation, not after it
+
+
 # ================================================================================ stale workers, lost slots
 
 @pytest.fixture(scope="module")

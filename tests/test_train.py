@@ -270,6 +270,37 @@ def test_sigterm_writes_a_checkpoint_and_ends_the_run_killed(store, tmp_path):
     assert f"run {run_id} KILLED" in err and "Traceback" not in err
 
 
+_SIGTERM_BEFORE_THE_FIT = """
+import os, signal, sys
+import suite.train as train
+real = train.TaskData
+def task_data(*args, **kwargs):  # the run exists and holds its params; Lightning has not started yet
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+train.TaskData = task_data
+from suite.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_after_the_run_is_created_and_before_the_fit_ends_the_run_killed(store, tmp_path):
+    """The window between MLflow's create_run and Lightning's fit (params, the config artifact, the trainer) used
+    to die of SIGTERM's default action and leave the run RUNNING for ever (a sweep's workers stopped by their
+    parent hit it)."""
+    out = subprocess.run([sys.executable, "-c", _SIGTERM_BEFORE_THE_FIT, "train", "--task", "adding", "--cell", "gru",
+                          "--steps", "5", "--set", "train.progress=false", "--set", "task.length=5",
+                          "--tracking-uri", store["uri"], "--set", f"train.checkpoint_dir={tmp_path / 'ck'}",
+                          "--set", "tracking.experiment=term-window"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    client = mlflow.MlflowClient(store["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("term-window").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert runs[0].data.tags["failure.reason"] == "interrupted before training started"
+    assert f"run {runs[0].info.run_id} KILLED" in out.stderr
+
+
 def test_steps_flag_overrides_a_setting_that_counts_epochs(tmp_path):
     # ptb-word.yaml holds train.epochs: 13; --steps 3 must train 3 steps, not 13 epochs
     env = {**__import__("os").environ, "RNNSUITE_HOME": str(tmp_path / "runs")}
