@@ -3,13 +3,42 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from typing import Any, Mapping
 
 from lightning.pytorch.loggers import MLFlowLogger
 
 from .tracking import RetryingClient, first_line, is_transient, mask, retry
+
+
+@contextmanager
+def interrupts_deferred():
+    """Ctrl-C or SIGTERM inside the block takes effect (as KeyboardInterrupt) when the block ends, not inside it.
+
+    For MLflow's create_run: interrupted after the database has the run but before the caller has its id, the run
+    would stay RUNNING for ever. Only the main thread handles signals; elsewhere the block runs unguarded."""
+    caught: list[int] = []
+    try:
+        old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = old[caught[0]]
+            if callable(handler):  # ours (KeyboardInterrupt) or the caller's
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL and caught[0] == signal.SIGTERM:
+                os.kill(os.getpid(), signal.SIGTERM)  # default action, now that the block is done
+            elif handler != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 class SuiteLogger(MLFlowLogger):
@@ -48,7 +77,8 @@ class SuiteLogger(MLFlowLogger):
 
         env, uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
         try:
-            return MLFlowLogger.experiment.fget(self)
+            with interrupts_deferred():  # a run created is a run whose id is known: it can be ended KILLED
+                return MLFlowLogger.experiment.fget(self)
         finally:
             utils._tracking_uri = uri
             if env is None:

@@ -205,19 +205,21 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     logger = SuiteLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri,
                          run_name=cfg.tracking.run_name or None, tags=run_tags,
                          artifact_location=artifact_location(uri), run_id=resume_run_id)
-    try:
-        run_id = logger.run_id  # creates the experiment and the run
-    except Exception as exc:  # unreachable server, bad credentials: one line, nothing else written
-        raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
-                         f"{mask(str(exc)).splitlines()[0][:200]}") from None
-    client = logger.experiment
-    with _sigterm_as_interrupt():  # from here on the run exists: a kill at any moment ends it KILLED
+    with _sigterm_as_interrupt():  # once the run exists, a kill at any moment ends it KILLED
         try:
-            return _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, client, device, restart_of,
-                                    damage, resume_run_id, resumed, task_params, callbacks)
+            try:
+                run_id = logger.run_id  # creates the experiment and the run (interrupts deferred until it has an id)
+            except Exception as exc:  # unreachable server, bad credentials: one line, nothing else written
+                raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
+                                 f"{mask(str(exc)).splitlines()[0][:200]}") from None
+            return _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, logger.experiment, device,
+                                    restart_of, damage, resume_run_id, resumed, task_params, callbacks)
         except (KeyboardInterrupt, SystemExit):  # before the fit began (during it, _fit ends the run itself)
+            run_id = logger._run_id
+            if run_id is None:  # interrupted before MLflow had the run: nothing to end
+                raise
             with contextlib.suppress(Exception):
-                client.set_tag(run_id, "failure.reason", "interrupted before training started")
+                logger.experiment.set_tag(run_id, "failure.reason", "interrupted before training started")
                 logger.terminate(STATUS_KILLED)
             return RunResult(run_id, STATUS_KILLED, reason="interrupted before training started", outcome="killed")
 

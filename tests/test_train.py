@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -315,3 +316,26 @@ def test_steps_flag_overrides_a_setting_that_counts_epochs(tmp_path):
     client = mlflow.MlflowClient(uri)
     assert [m.step for m in client.get_metric_history(run_id, "time/train_s")] == [3]
     assert client.get_run(run_id).data.params["train.epochs"] == "0"
+
+
+def test_an_interrupt_during_run_creation_takes_effect_once_the_run_has_its_id():
+    """SuiteLogger creates the MLflow run with interrupts deferred: the id is stored before KeyboardInterrupt."""
+    import signal
+
+    from suite.logger import interrupts_deferred
+    from suite.train import _sigterm_as_interrupt
+
+    done = []
+    with _sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the signal is delivered here, and must not interrupt the block
+            done.append("id stored")
+    assert done == ["id stored"]
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C likewise (Python's default SIGINT handler)
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append("again")
+    assert done == ["id stored", "again"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
