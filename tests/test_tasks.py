@@ -300,7 +300,8 @@ def test_folder_corpus_errors(tmp_path):
 def test_named_settings_load_and_build():
     named = tasks.named_settings()
     assert set(named) == {"copy-T100", "copy-T200", "copy-T500", "adding-T100", "adding-T200", "adding-T400",
-                          "selective-copy", "variable-copy", "ptb-word", "ptb-char"}
+                          "selective-copy", "variable-copy", "ptb-word", "ptb-char",
+                          "repro-adding-T200", "repro-copy-T100"}  # the reproductions' run settings
     for setting, (path, description) in named.items():
         assert path.is_file() and description and "\n" not in description
         section = dict(tasks.load_settings(setting)["task"])
