@@ -1,6 +1,7 @@
 """The MLflow logger a training run owns (Lightning's MLFlowLogger with batched writes)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,7 +12,25 @@ from typing import Any, Mapping
 
 from lightning.pytorch.loggers import MLFlowLogger
 
+from .registry import SuiteError
 from .tracking import RetryingClient, first_line, is_transient, mask, retry
+
+
+@contextmanager
+def signal_handlers(handler, signals=(signal.SIGTERM,)):
+    """``handler`` for ``signals`` inside the block, the previous handlers put back after it. Yields the previous
+    handlers by signal, or None outside the main thread (Python sets handlers there only: the block runs
+    unguarded)."""
+    try:
+        old = {s: signal.signal(s, handler) for s in signals}
+    except ValueError:  # not the main thread
+        yield None
+        return
+    try:
+        yield old
+    finally:
+        for s, previous in old.items():
+            signal.signal(s, previous)
 
 
 @contextmanager
@@ -21,16 +40,11 @@ def interrupts_deferred():
     For MLflow's create_run: interrupted after the database has the run but before the caller has its id, the run
     would stay RUNNING for ever. Only the main thread handles signals; elsewhere the block runs unguarded."""
     caught: list[int] = []
+    old = None
     try:
-        old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
+        with signal_handlers(lambda signum, frame: caught.append(signum), (signal.SIGINT, signal.SIGTERM)) as old:
+            yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
         if caught:
             handler = old[caught[0]]
             if callable(handler):  # ours (KeyboardInterrupt) or the caller's
@@ -39,6 +53,9 @@ def interrupts_deferred():
                 os.kill(os.getpid(), signal.SIGTERM)  # default action, now that the block is done
             elif handler != signal.SIG_IGN:
                 raise KeyboardInterrupt
+
+
+INTERRUPTED_BEFORE_TRAINING = "interrupted before training started"
 
 
 class SuiteLogger(MLFlowLogger):
@@ -85,6 +102,28 @@ class SuiteLogger(MLFlowLogger):
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = env
+
+    def start(self) -> str:
+        """Create the run (or reopen ``run_id``) and return its id; an unreachable server or refused credentials
+        become one SuiteError line (nothing else is written)."""
+        try:
+            return self.run_id  # interrupts deferred until the run has its id (see ``experiment``)
+        except Exception as exc:
+            raise SuiteError(f"cannot reach MLflow tracking at {mask(self._tracking_uri)}: "
+                             f"{exc.__class__.__name__}: {mask(str(exc)).splitlines()[0][:200]}") from None
+
+    def end_before_training(self, exc: BaseException) -> str | None:
+        """End a run that stopped before its training began: KILLED for Ctrl-C/SIGTERM, else FAILED with the
+        error, tagged failure.reason. Returns the status, or None where MLflow never had the run."""
+        if self._run_id is None:
+            return None
+        killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        status = "KILLED" if killed else "FAILED"
+        reason = INTERRUPTED_BEFORE_TRAINING if killed else f"{exc.__class__.__name__}: {mask(str(exc))[:300]}"
+        with contextlib.suppress(Exception):  # the tracking server may be what failed: keep the first error
+            self.experiment.set_tag(self._run_id, "failure.reason", reason)
+            self.terminate(status)
+        return status
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric

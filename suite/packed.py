@@ -20,7 +20,6 @@ shape: :func:`pack_key` groups trials by it.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -230,11 +229,7 @@ def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size:
     logger = SuiteLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri,
                          run_name=cfg.tracking.run_name or None, tags=tags, artifact_location=artifact_location(uri))
     try:
-        try:
-            run_id = logger.run_id  # interrupts deferred until the run has its id
-        except Exception as exc:
-            raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
-                             f"{mask(str(exc)).splitlines()[0][:200]}") from None
+        run_id = logger.start()
         resolved = resolved_config(cfg, task, uri, checkpoint_root(cfg))  # as train.run logs it: defaults filled in
         params = resolved.flat()
         params.update({"cell": cfg.model.cell, "n_params": count_params(model), "seed": cfg.train.seed,
@@ -242,12 +237,7 @@ def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size:
         logger.log_params(params)
         logger.experiment.log_text(run_id, mask(resolved.to_yaml()), "config.yaml")  # no password in an artifact
     except BaseException as exc:  # the run exists but is not the pack's yet: end it here
-        if logger._run_id is not None:
-            killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            with contextlib.suppress(Exception):
-                logger.experiment.set_tag(logger._run_id, "failure.reason", "interrupted before training started"
-                                          if killed else f"{exc.__class__.__name__}: {mask(str(exc))[:300]}")
-                logger.terminate("KILLED" if killed else "FAILED")
+        logger.end_before_training(exc)
         raise
     return logger
 

@@ -30,7 +30,7 @@ from .diagnostics import DiagnosticsCallback
 from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .registry import SuiteError
-from .logger import SuiteLogger
+from .logger import INTERRUPTED_BEFORE_TRAINING, SuiteLogger, signal_handlers
 from .tracking import (RetryingClient, artifact_location, check_tracking, first_line, git_commit, mask,
                        prepare_local_store, resolve_tracking_uri, runs_dir)
 
@@ -144,15 +144,8 @@ def _sigterm_as_interrupt():
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
+    with signal_handlers(handler, (signal.SIGTERM,)):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _quiet_libraries() -> None:
@@ -207,21 +200,13 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
                          artifact_location=artifact_location(uri), run_id=resume_run_id)
     with _sigterm_as_interrupt():  # once the run exists, a kill at any moment ends it KILLED
         try:
-            try:
-                run_id = logger.run_id  # creates the experiment and the run (interrupts deferred until it has an id)
-            except Exception as exc:  # unreachable server, bad credentials: one line, nothing else written
-                raise SuiteError(f"cannot reach MLflow tracking at {mask(uri)}: {exc.__class__.__name__}: "
-                                 f"{mask(str(exc)).splitlines()[0][:200]}") from None
+            run_id = logger.start()  # creates the experiment and the run
             return _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, logger.experiment, device,
                                     restart_of, damage, resume_run_id, resumed, task_params, callbacks)
-        except (KeyboardInterrupt, SystemExit):  # before the fit began (during it, _fit ends the run itself)
-            run_id = logger._run_id
-            if run_id is None:  # interrupted before MLflow had the run: nothing to end
+        except (KeyboardInterrupt, SystemExit) as exc:  # before the fit began (during it, _fit ends the run itself)
+            if logger.end_before_training(exc) is None:  # interrupted before MLflow had the run: nothing to end
                 raise
-            with contextlib.suppress(Exception):
-                logger.experiment.set_tag(run_id, "failure.reason", "interrupted before training started")
-                logger.terminate(STATUS_KILLED)
-            return RunResult(run_id, STATUS_KILLED, reason="interrupted before training started", outcome="killed")
+            return RunResult(logger._run_id, STATUS_KILLED, reason=INTERRUPTED_BEFORE_TRAINING, outcome="killed")
 
 
 def _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, client, device, restart_of, damage,
