@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Mapping
@@ -31,6 +32,48 @@ def signal_handlers(handler, signals=(signal.SIGTERM,)):
     finally:
         for s, previous in old.items():
             signal.signal(s, previous)
+
+
+# Libraries whose code holds database transactions, locks and half-written files. A KeyboardInterrupt raised inside
+# them, e.g. in SQLAlchemy's commit of a metric, can leave the SQLite write lock with a connection SQLAlchemy has
+# abandoned (an "exit exception" is not rolled back like an error), kept alive by the traceback while the process
+# ends its run: the run's own failure tag then fails with "database is locked", and every other worker waits on
+# the lock (tests/test_train.py shows it). Interrupts land outside this code instead.
+_DATABASE_CODE = ("sqlalchemy", "sqlite3", "mlflow", "optuna", "alembic", "psycopg", "psycopg2")
+_RESEND_S = 0.05  # how soon an interrupt that arrived inside database code is tried again
+_DEFER_MAX_S = 30.0  # a database call this long is stuck: interrupt it anyway rather than never
+
+
+def in_database_code(frame) -> bool:
+    """True when ``frame`` or one of its callers is code of a library in ``_DATABASE_CODE``."""
+    while frame is not None:
+        name = frame.f_globals.get("__name__") or ""
+        if name.partition(".")[0] in _DATABASE_CODE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextmanager
+def interrupts_outside_database_code(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, but never inside MLflow, Optuna or SQLAlchemy code: a signal that
+    arrives there is sent again every 50 ms until the process is back in its own code (for at most 30 s)."""
+    deferred_since: list[float] = []
+
+    def handler(signum, frame):
+        if frame is not None and in_database_code(frame):
+            if not deferred_since:
+                deferred_since.append(time.monotonic())
+            if time.monotonic() - deferred_since[0] < _DEFER_MAX_S:
+                timer = threading.Timer(_RESEND_S, os.kill, (os.getpid(), signum))
+                timer.daemon = True
+                timer.start()
+                return
+        deferred_since.clear()
+        raise KeyboardInterrupt
+
+    with signal_handlers(handler, signals):
+        yield
 
 
 @contextmanager

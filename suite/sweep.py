@@ -646,9 +646,9 @@ class Sweep:
         SIGTERM (``kill``, a scheduler's pre-emption, the parent of ``--workers N``) stops the worker like Ctrl-C
         at any moment, between trials too: the trial in hand is told FAIL and retried, its MLflow run ends
         KILLED."""
-        from .train import _sigterm_as_interrupt
+        from .train import _interrupts_end_runs
 
-        with _sigterm_as_interrupt():
+        with _interrupts_end_runs():
             while True:
                 job = self._next_job()
                 if job is None:
@@ -1206,6 +1206,9 @@ class _Clock:
         return text + "]"
 
 
+WORKER_STOP_S = 60.0  # how long a worker told to stop (SIGTERM) may take to end its trial
+
+
 def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clock) -> None:
     import torch
 
@@ -1220,11 +1223,11 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clo
         cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet", "--pack",
                str(sweep.spec.pack)]
         procs.append(subprocess.Popen(cmd, env=env))
-    from .train import _sigterm_as_interrupt
+    from .train import _interrupts_end_runs
 
     last = ""
     try:
-        with _sigterm_as_interrupt():  # SIGTERM (kill, a scheduler's pre-emption) stops the workers too
+        with _interrupts_end_runs():  # SIGTERM (kill, a scheduler's pre-emption) stops the workers too
             while any(p.poll() is None for p in procs):
                 line = sweep.progress_line()
                 if line != last:
@@ -1235,8 +1238,15 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clo
         for p in procs:
             if p.poll() is None:
                 p.terminate()  # each ends its trial KILLED and hands it back to be retried
+        deadline = time.monotonic() + WORKER_STOP_S
         for p in procs:
-            p.wait()
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # stuck: never leave it training on its own
+                p.kill()
+                p.wait()
+                print(f"rnnsuite: worker {p.pid} did not stop within {WORKER_STOP_S:.0f} s of SIGTERM and was killed; "
+                      "its trial is retried when the sweep resumes", file=sys.stderr, flush=True)
         raise
     print(sweep.progress_line() + clock.suffix(), flush=True)
 

@@ -30,7 +30,7 @@ from .diagnostics import DiagnosticsCallback
 from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .registry import SuiteError
-from .logger import INTERRUPTED_BEFORE_TRAINING, SuiteLogger, signal_handlers
+from .logger import INTERRUPTED_BEFORE_TRAINING, SuiteLogger, interrupts_outside_database_code
 from .tracking import (RetryingClient, artifact_location, check_tracking, first_line, git_commit, mask,
                        prepare_local_store, resolve_tracking_uri, runs_dir)
 
@@ -139,12 +139,10 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM ends a run like Ctrl-C: last checkpoint, MLflow status KILLED."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    with signal_handlers(handler, (signal.SIGTERM,)):
+def _interrupts_end_runs():
+    """Ctrl-C and SIGTERM end a run the same way (last checkpoint, MLflow status KILLED), and only from outside
+    database code, so that ending the run never waits on a lock the interrupted write still holds."""
+    with interrupts_outside_database_code((signal.SIGINT, signal.SIGTERM)):
         yield
 
 
@@ -198,7 +196,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     logger = SuiteLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri,
                          run_name=cfg.tracking.run_name or None, tags=run_tags,
                          artifact_location=artifact_location(uri), run_id=resume_run_id)
-    with _sigterm_as_interrupt():  # once the run exists, a kill at any moment ends it KILLED
+    with _interrupts_end_runs():  # once the run exists, a kill at any moment ends it KILLED
         try:
             run_id = logger.start()  # creates the experiment and the run
             return _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, logger.experiment, device,
@@ -270,7 +268,7 @@ def _fit(trainer, module, data, ckpt_path, task, logger, client, run_id) -> RunR
     result = RunResult(run_id, STATUS_FINISHED)
     final: dict[str, float] = {}
     try:
-        with _sigterm_as_interrupt():
+        with _interrupts_end_runs():
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
             if trainer.interrupted:
                 raise KeyboardInterrupt

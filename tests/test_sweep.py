@@ -222,6 +222,40 @@ def test_sigkilled_sweep_resumes_with_exact_budgets(tmp_path):
     assert len(retried) == 1 and retried[0].params == victim.params  # the lost configuration ran again
 
 
+def test_a_worker_that_does_not_stop_when_told_is_killed(monkeypatch, capsys):
+    """Stopping a --workers sweep never waits for ever on a worker stuck in its clean-up: after WORKER_STOP_S
+    it is killed (its trial is retried on resume, as after any kill) and the parent says so."""
+    import types
+
+    import suite.sweep as sweep_mod
+
+    stuck = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
+            "time.sleep(600)"
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, env=None):  # the worker command replaced by one that ignores SIGTERM
+        proc = real_popen([sys.executable, "-c", stuck], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "up\n"  # its SIGTERM handler is in place
+        started.append(proc)
+        return proc
+
+    def progress_line():
+        raise KeyboardInterrupt  # Ctrl-C while the parent watches its workers
+
+    monkeypatch.setattr(sweep_mod.subprocess, "Popen", popen)
+    monkeypatch.setattr(sweep_mod, "WORKER_STOP_S", 1.0)
+    fake = types.SimpleNamespace(spec=types.SimpleNamespace(pack=1), storage_url="s", tracking_uri="t",
+                                 progress_line=progress_line)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sweep_mod._run_workers(fake, "sweep.yaml", "s", "t", 2, clock=None)
+    assert time.monotonic() - t0 < 30
+    assert len(started) == 2 and all(p.returncode == -signal.SIGKILL for p in started)
+    err = capsys.readouterr().err
+    assert err.count("did not stop within 1 s of SIGTERM and was killed") == 2
+
+
 def test_four_workers_share_a_sweep_with_exact_counts(tmp_path):
     spec = dict(TINY, name="four", cells=["gru", "sgru", "mgu"], budget={"trials": 4, "steps": 20})
     storage, tracking = stores(tmp_path)

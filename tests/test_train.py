@@ -323,10 +323,10 @@ def test_an_interrupt_during_run_creation_takes_effect_once_the_run_has_its_id()
     import signal
 
     from suite.logger import interrupts_deferred
-    from suite.train import _sigterm_as_interrupt
+    from suite.train import _interrupts_end_runs
 
     done = []
-    with _sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+    with _interrupts_end_runs(), pytest.raises(KeyboardInterrupt):
         with interrupts_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)  # the signal is delivered here, and must not interrupt the block
@@ -339,3 +339,78 @@ def test_an_interrupt_during_run_creation_takes_effect_once_the_run_has_its_id()
             done.append("again")
     assert done == ["id stored", "again"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
+def _run_simulated_database_write(module_name: str, done: list) -> None:
+    """Call a function whose code belongs to ``module_name``, which gets SIGTERM and works on for 0.3 s."""
+    import signal
+
+    ns = {"__name__": module_name}
+    exec("import os, signal, time\n"
+         "def write(done):\n"
+         "    os.kill(os.getpid(), signal.SIGTERM)\n"
+         "    t = time.monotonic()\n"
+         "    while time.monotonic() - t < 0.3:\n"
+         "        pass\n"
+         "    done.append('written')\n", ns)
+    with pytest.raises(KeyboardInterrupt):
+        from suite.train import _interrupts_end_runs
+
+        with _interrupts_end_runs():
+            ns["write"](done)
+            time.sleep(2.0)  # back in our own code: the interrupt lands here
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+
+def test_an_interrupt_inside_database_code_lands_once_that_code_returns(monkeypatch):
+    done: list = []
+    _run_simulated_database_write("sqlalchemy.engine.simulated", done)
+    assert done == ["written"]
+    _run_simulated_database_write("optuna.storages.simulated", done)
+    assert done == ["written", "written"]
+    _run_simulated_database_write("suite.simulated", done)  # our own code: interrupted at once
+    assert done == ["written", "written"]
+    import suite.logger
+
+    monkeypatch.setattr(suite.logger, "_DEFER_MAX_S", 0.1)  # a database call stuck longer is interrupted anyway
+    _run_simulated_database_write("mlflow.store.simulated", done)
+    assert done == ["written", "written"]
+
+
+def test_a_kill_during_an_mlflow_commit_leaves_the_store_writable(tmp_path):
+    """SIGTERM delivered while SQLAlchemy commits a metric: the interrupt waits for the commit, and ending the run
+    (a tag, a status) then succeeds. Raised inside the commit, it left the write lock with a connection SQLAlchemy
+    abandoned, and the run's own failure tag failed after 20 s with 'database is locked' (the CI hang of stop 12)."""
+    import signal
+
+    from sqlalchemy import event
+
+    from suite.train import _interrupts_end_runs
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("kill")).info.run_id
+    engine = client._tracking_client.store.engine
+    fired = []
+
+    def kill_inside_the_commit(conn):
+        if not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            t = time.monotonic()
+            while time.monotonic() - t < 0.2:  # the signal is delivered here, inside SQLAlchemy's commit
+                pass
+
+    event.listen(engine, "commit", kill_inside_the_commit)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught, _interrupts_end_runs():
+            client.log_metric(run_id, "loss", 1.5, step=3)
+            time.sleep(2.0)
+    finally:
+        event.remove(engine, "commit", kill_inside_the_commit)
+    assert fired and caught.traceback  # the traceback (and its frames) still alive, as in an except block
+    started = time.monotonic()
+    client.set_tag(run_id, "failure.reason", "interrupted")
+    client.set_terminated(run_id, "KILLED")
+    assert time.monotonic() - started < 10.0  # no wait on a lock (SQLite's busy timeout is 20 s)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.metrics == {"loss": 1.5}
