@@ -31,7 +31,7 @@ from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .registry import SuiteError
 from .logger import INTERRUPTED_BEFORE_TRAINING, SuiteLogger, interrupts_outside_database_code
-from .tracking import (RetryingClient, artifact_location, check_tracking, first_line, git_commit, mask,
+from .tracking import (artifact_location, check_tracking, first_line, git_commit, mask,
                        prepare_local_store, resolve_tracking_uri, runs_dir)
 
 STATUS_FINISHED, STATUS_FAILED, STATUS_KILLED = "FINISHED", "FAILED", "KILLED"

@@ -2,7 +2,6 @@
 a SIGKILLed sweep resumed, several workers."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from optuna.trial import TrialState
 from suite import cells
 from suite.config import build_config
 from suite.registry import SuiteError
-from suite.sweep import Sweep, load_sweep, match_hidden_size, recurrent_params
+from suite.sweep import load_sweep, match_hidden_size, recurrent_params
 
 TINY = {
     "name": "tiny",
