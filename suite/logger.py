@@ -38,14 +38,16 @@ def signal_handlers(handler, signals=(signal.SIGTERM,)):
 # them, e.g. in SQLAlchemy's commit of a metric, can leave the SQLite write lock with a connection SQLAlchemy has
 # abandoned (an "exit exception" is not rolled back like an error), kept alive by the traceback while the process
 # ends its run: the run's own failure tag then fails with "database is locked", and every other worker waits on
-# the lock (tests/test_train.py shows it). Interrupts land outside this code instead.
-_DATABASE_CODE = ("sqlalchemy", "sqlite3", "mlflow", "optuna", "alembic", "psycopg", "psycopg2")
+# the lock (tests/test_train.py shows it). An import interrupted half-way is the same kind of damage: a module
+# left half-initialised, and objects whose __del__ prints "Exception ignored ... Traceback" (pyparsing's, seen when
+# a worker was stopped while matplotlib loaded). Interrupts land outside this code instead.
+_DATABASE_CODE = ("sqlalchemy", "sqlite3", "mlflow", "optuna", "alembic", "psycopg", "psycopg2", "importlib")
 _RESEND_S = 0.05  # how soon an interrupt that arrived inside database code is tried again
 _DEFER_MAX_S = 30.0  # a database call this long is stuck: interrupt it anyway rather than never
 
 
 def in_database_code(frame) -> bool:
-    """True when ``frame`` or one of its callers is code of a library in ``_DATABASE_CODE``."""
+    """True when ``frame`` or one of its callers is code of a library in ``_DATABASE_CODE`` (or an import)."""
     while frame is not None:
         name = frame.f_globals.get("__name__") or ""
         if name.partition(".")[0] in _DATABASE_CODE:
@@ -56,8 +58,8 @@ def in_database_code(frame) -> bool:
 
 @contextmanager
 def interrupts_outside_database_code(signals=(signal.SIGINT, signal.SIGTERM)):
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt, but never inside MLflow, Optuna or SQLAlchemy code: a signal that
-    arrives there is sent again every 50 ms until the process is back in its own code (for at most 30 s)."""
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, but never inside MLflow, Optuna or SQLAlchemy code or an import: a
+    signal that arrives there is sent again every 50 ms until the process is back in its own code (for at most 30 s)."""
     deferred_since: list[float] = []
 
     def handler(signum, frame):

@@ -414,3 +414,26 @@ def test_a_kill_during_an_mlflow_commit_leaves_the_store_writable(tmp_path):
     assert time.monotonic() - started < 10.0  # no wait on a lock (SQLite's busy timeout is 20 s)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.metrics == {"loss": 1.5}
+
+
+def test_an_interrupt_during_an_import_lands_once_the_module_is_loaded(tmp_path, monkeypatch):
+    """A worker stopped while matplotlib loaded left half-built pyparsing objects whose __del__ printed
+    'Exception ignored ... Traceback'; the interrupt now waits for the import to finish."""
+    import importlib
+    import signal
+
+    from suite.train import _interrupts_end_runs
+
+    (tmp_path / "slow_to_import.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "t = time.monotonic()\n"
+        "while time.monotonic() - t < 0.3:\n"
+        "    pass\n"
+        "LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt), _interrupts_end_runs():
+        module = importlib.import_module("slow_to_import")
+        time.sleep(2.0)
+    assert module.LOADED
+    monkeypatch.delitem(sys.modules, "slow_to_import")
