@@ -322,7 +322,7 @@ def test_an_interrupt_during_run_creation_takes_effect_once_the_run_has_its_id()
     """SuiteLogger creates the MLflow run with interrupts deferred: the id is stored before KeyboardInterrupt."""
     import signal
 
-    from suite.logger import interrupts_deferred
+    from suite.logger import interrupts_deferred, signal_handlers
     from suite.train import _interrupts_end_runs
 
     done = []
@@ -332,13 +332,17 @@ def test_an_interrupt_during_run_creation_takes_effect_once_the_run_has_its_id()
             time.sleep(0.05)  # the signal is delivered here, and must not interrupt the block
             done.append("id stored")
     assert done == ["id stored"]
-    with pytest.raises(KeyboardInterrupt):  # Ctrl-C likewise (Python's default SIGINT handler)
-        with interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            done.append("again")
+    before = signal.getsignal(signal.SIGINT)
+    # Ctrl-C likewise under Python's default SIGINT handler (installed here: the test process's own may differ)
+    with signal_handlers(signal.default_int_handler, (signal.SIGINT,)):
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                done.append("again")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
     assert done == ["id stored", "again"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def _run_simulated_database_write(module_name: str, done: list) -> None:
