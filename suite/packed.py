@@ -250,9 +250,9 @@ def run_pack(members: list[Member]) -> list:
     keys = {pack_key(m.cfg) for m in members}
     if len(keys) > 1:
         raise SuiteError("a pack holds runs of one shape only (same cell, sizes, task and steps)")
-    from .train import _interrupts_end_runs
+    from .logger import interrupts_outside_database_code
 
-    with _interrupts_end_runs():  # SIGTERM ends a pack like Ctrl-C: its live members' runs end KILLED
+    with interrupts_outside_database_code():  # SIGTERM ends a pack like Ctrl-C: its live members' runs end KILLED
         return _Pack(members).fit()
 
 

@@ -47,6 +47,7 @@ import lightning.pytorch as pl
 
 from .config import RunConfig, build_config, load_yaml
 from .lit import PrunedRun
+from .logger import interrupts_outside_database_code
 from .registry import SuiteError
 from .tracking import RetryingClient, first_line, mask
 
@@ -646,9 +647,7 @@ class Sweep:
         SIGTERM (``kill``, a scheduler's pre-emption, the parent of ``--workers N``) stops the worker like Ctrl-C
         at any moment, between trials too: the trial in hand is told FAIL and retried, its MLflow run ends
         KILLED."""
-        from .train import _interrupts_end_runs
-
-        with _interrupts_end_runs():
+        with interrupts_outside_database_code():
             while True:
                 job = self._next_job()
                 if job is None:
@@ -1223,11 +1222,9 @@ def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clo
         cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet", "--pack",
                str(sweep.spec.pack)]
         procs.append(subprocess.Popen(cmd, env=env))
-    from .train import _interrupts_end_runs
-
     last = ""
     try:
-        with _interrupts_end_runs():  # SIGTERM (kill, a scheduler's pre-emption) stops the workers too
+        with interrupts_outside_database_code():  # SIGTERM (kill, a scheduler's pre-emption) stops the workers too
             while any(p.poll() is None for p in procs):
                 line = sweep.progress_line()
                 if line != last:

@@ -9,7 +9,6 @@ import copy
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -138,14 +137,6 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-@contextmanager
-def _interrupts_end_runs():
-    """Ctrl-C and SIGTERM end a run the same way (last checkpoint, MLflow status KILLED), and only from outside
-    database code, so that ending the run never waits on a lock the interrupted write still holds."""
-    with interrupts_outside_database_code((signal.SIGINT, signal.SIGTERM)):
-        yield
-
-
 def _quiet_libraries() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -196,7 +187,9 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     logger = SuiteLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri,
                          run_name=cfg.tracking.run_name or None, tags=run_tags,
                          artifact_location=artifact_location(uri), run_id=resume_run_id)
-    with _interrupts_end_runs():  # once the run exists, a kill at any moment ends it KILLED
+    # Ctrl-C and SIGTERM end the run KILLED from here on (in the fit too), raised only outside database code so
+    # that ending the run never waits on a lock an interrupted write still holds
+    with interrupts_outside_database_code():
         try:
             run_id = logger.start()  # creates the experiment and the run
             return _prepare_and_fit(cfg, task, model, uri, ckpt_root, run_id, logger, logger.experiment, device,
@@ -267,17 +260,16 @@ def _deterministic_flag_restored():
 def _fit(trainer, module, data, ckpt_path, task, logger, client, run_id) -> RunResult:
     result = RunResult(run_id, STATUS_FINISHED)
     final: dict[str, float] = {}
-    try:
-        with _interrupts_end_runs():
-            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-            if trainer.interrupted:
-                raise KeyboardInterrupt
-            if _last_val_step(trainer) != trainer.global_step:
-                trainer.validate(module, datamodule=data, verbose=False)
-            final = _scalars(trainer.callback_metrics)
-            if task.test_batches("cpu") is not None:
-                trainer.test(module, datamodule=data, verbose=False)
-                final.update(_scalars(trainer.callback_metrics))
+    try:  # run's interrupt handler is in place: Ctrl-C and SIGTERM arrive here as KeyboardInterrupt
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        if _last_val_step(trainer) != trainer.global_step:
+            trainer.validate(module, datamodule=data, verbose=False)
+        final = _scalars(trainer.callback_metrics)
+        if task.test_batches("cpu") is not None:
+            trainer.test(module, datamodule=data, verbose=False)
+            final.update(_scalars(trainer.callback_metrics))
     except StopRun as exc:
         result = RunResult(run_id, exc.status, reason=f"{exc.outcome}: {exc}", outcome=exc.outcome)
         key = "pruned" if exc.outcome == "pruned" else "failure"

@@ -323,10 +323,10 @@ def test_an_interrupt_during_run_creation_takes_effect_once_the_run_has_its_id()
     import signal
 
     from suite.logger import interrupts_deferred, signal_handlers
-    from suite.train import _interrupts_end_runs
+    from suite.logger import interrupts_outside_database_code
 
     done = []
-    with _interrupts_end_runs(), pytest.raises(KeyboardInterrupt):
+    with interrupts_outside_database_code(), pytest.raises(KeyboardInterrupt):
         with interrupts_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)  # the signal is delivered here, and must not interrupt the block
@@ -358,9 +358,9 @@ def _run_simulated_database_write(module_name: str, done: list) -> None:
          "        pass\n"
          "    done.append('written')\n", ns)
     with pytest.raises(KeyboardInterrupt):
-        from suite.train import _interrupts_end_runs
+        from suite.logger import interrupts_outside_database_code
 
-        with _interrupts_end_runs():
+        with interrupts_outside_database_code():
             ns["write"](done)
             time.sleep(2.0)  # back in our own code: the interrupt lands here
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
@@ -389,7 +389,7 @@ def test_a_kill_during_an_mlflow_commit_leaves_the_store_writable(tmp_path):
 
     from sqlalchemy import event
 
-    from suite.train import _interrupts_end_runs
+    from suite.logger import interrupts_outside_database_code
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = client.create_run(client.create_experiment("kill")).info.run_id
@@ -406,7 +406,7 @@ def test_a_kill_during_an_mlflow_commit_leaves_the_store_writable(tmp_path):
 
     event.listen(engine, "commit", kill_inside_the_commit)
     try:
-        with pytest.raises(KeyboardInterrupt) as caught, _interrupts_end_runs():
+        with pytest.raises(KeyboardInterrupt) as caught, interrupts_outside_database_code():
             client.log_metric(run_id, "loss", 1.5, step=3)
             time.sleep(2.0)
     finally:
@@ -424,9 +424,8 @@ def test_an_interrupt_during_an_import_lands_once_the_module_is_loaded(tmp_path,
     """A worker stopped while matplotlib loaded left half-built pyparsing objects whose __del__ printed
     'Exception ignored ... Traceback'; the interrupt now waits for the import to finish."""
     import importlib
-    import signal
 
-    from suite.train import _interrupts_end_runs
+    from suite.logger import interrupts_outside_database_code
 
     (tmp_path / "slow_to_import.py").write_text(
         "import os, signal, time\n"
@@ -436,7 +435,7 @@ def test_an_interrupt_during_an_import_lands_once_the_module_is_loaded(tmp_path,
         "    pass\n"
         "LOADED = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(KeyboardInterrupt), _interrupts_end_runs():
+    with pytest.raises(KeyboardInterrupt), interrupts_outside_database_code():
         module = importlib.import_module("slow_to_import")
         time.sleep(2.0)
     assert module.LOADED
