@@ -28,6 +28,15 @@ class FusedCell(RecurrentCell):
 
     def _forward(self, x: Tensor, state) -> tuple[Tensor, tuple[Tensor, ...]]:
         hx = tuple(s.unsqueeze(0).contiguous() for s in state)  # nn wants (layers, B, H)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # On CPU, autocast hands nn.LSTM/nn.GRU to oneDNN's bf16 primitive, which CPUs without bf16
+            # instructions (AVX2-only) refuse ("could not create a primitive descriptor"). The recurrence runs in
+            # the parameters' dtype instead, as every custom cell's does (RecurrentCell._recurrence_inputs).
+            dtype = self.recurrence_dtype()
+            with torch.autocast("cpu", enabled=False):
+                out, hn = self.rnn(x.to(dtype), tuple(h.to(dtype) for h in hx) if len(hx) > 1 else hx[0].to(dtype))
+            hn = hn if isinstance(hn, tuple) else (hn,)
+            return out, tuple(s.squeeze(0) for s in hn)
         out, hn = self.rnn(x, hx if len(hx) > 1 else hx[0])
         hn = hn if isinstance(hn, tuple) else (hn,)
         return out, tuple(s.squeeze(0) for s in hn)
