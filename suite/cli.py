@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU)")
     p.add_argument("--pack", type=int, metavar="M", help="train up to M trials of one shape together in one "
-                   "vmapped step, each still its own Optuna trial and MLflow run (overrides the file's pack:; "
+                   "batched step, each still its own Optuna trial and MLflow run (overrides the file's pack:; "
                    "default 1 = one at a time)")
     p.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no per-trial progress bars")

@@ -7,8 +7,10 @@ import mlflow
 import pytest
 import torch
 
+from suite import cells
+from suite.cells.base import reference_paths
 from suite.config import build_config
-from suite.packed import Member, pack_key, packable, run_pack
+from suite.packed import BatchedModel, Member, pack_key, packable, run_pack
 from suite.registry import SuiteError
 from suite.train import run
 
@@ -61,6 +63,76 @@ def test_packed_models_match_the_same_configs_trained_alone(uri, cell):
         assert {x.path for x in client.list_artifacts(p.run_id, "diagnostics")} == \
             {"diagnostics/grad_profile.csv", "diagnostics/grad_profile.png"}
         assert rp.data.tags["pack.size"] == str(len(cfgs))
+        assert "packed: batched fused loops" in rp.data.tags["kernels"]  # the fast path, not vmap
+
+
+PACKING = [c for c in cells.names() if cells.CELLS.get(c).builder.packs]
+
+
+def test_the_cells_that_pack_include_lstm_gru_and_sgru():
+    assert {"lstm", "gru", "sgru"} <= set(PACKING)
+    assert "gru3" not in PACKING and "mingru" not in PACKING  # these run vmapped reference steps
+
+
+def _batched_outputs(models, x, dropouts=None, fast=True, train=True):
+    """Outputs, final states and parameter gradients of the M models through one BatchedModel."""
+    dropouts = dropouts or [0.0] * len(models)
+    if fast:
+        batched = BatchedModel(models, dropouts)
+    else:
+        with reference_paths():
+            batched = BatchedModel(models, dropouts)
+    assert batched.fast == fast
+    batched.train(train)
+    params, buffers = batched.stacked(models, list(range(len(models))))
+    out, states = batched(params, buffers, x)
+    final = torch.cat([s.flatten(1) for layer in states
+                       for s in (layer if isinstance(layer, tuple) else (layer,))], 1)
+    loss = (out * out).sum() + out.sum() + (final * final).sum()  # gradients reach every output and the states
+    grads = torch.autograd.grad(loss, [params[n] for n in batched.names])
+    return out.detach(), final.detach(), grads
+
+
+@pytest.mark.parametrize("cell", PACKING)
+@pytest.mark.parametrize("m", [1, 3])
+def test_the_batched_fused_loop_matches_vmapped_reference_steps_and_each_model_alone(cell, m):
+    """One fused loop for M models (stacked weights, batches folded into the rows) computes, in float64, what
+    the cells' reference steps compute under vmap, forward and backward, and what each model computes alone."""
+    cfg = build_config({"task": {"name": "adding", "length": 12, "batch_size": 3},
+                        "model": {"cell": cell, "hidden_size": 6, "layers": 2}})
+    from suite.train import build_model, build_task
+
+    task = build_task(cfg)
+    models = []
+    for k in range(m):
+        torch.manual_seed(k)
+        models.append(build_model(cfg, task).double())
+    x = torch.stack([next(task.train_batches(k, "cpu")).x.double() for k in range(m)])
+    out, final, grads = _batched_outputs(models, x)
+    ref_out, ref_final, ref_grads = _batched_outputs(models, x, fast=False)
+    assert torch.allclose(out, ref_out, atol=1e-12, rtol=0)
+    assert torch.allclose(final, ref_final, atol=1e-12, rtol=0)
+    for g, r in zip(grads, ref_grads):
+        assert g.shape == r.shape and torch.allclose(g, r, atol=1e-10, rtol=1e-10)
+    for k, model in enumerate(models):  # and model k alone, on its own batch
+        alone, _ = model(x[k])
+        assert torch.allclose(out[k], alone, atol=1e-12, rtol=0)
+
+
+def test_batched_dropout_uses_each_models_own_rate_in_training_only():
+    cfg = build_config({"task": {"name": "adding", "length": 10, "batch_size": 4},
+                        "model": {"cell": "sgru", "hidden_size": 8}})
+    from suite.train import build_model, build_task
+
+    task = build_task(cfg)
+    models = [build_model(cfg, task) for _ in range(2)]
+    x = torch.stack([next(task.train_batches(0, "cpu")).x] * 2)
+    plain, _, _ = _batched_outputs(models, x)
+    dropped, _, _ = _batched_outputs(models, x, dropouts=[0.0, 0.5])
+    evaluated, _, _ = _batched_outputs(models, x, dropouts=[0.0, 0.5], train=False)
+    assert torch.equal(dropped[0], plain[0])  # rate 0: untouched
+    assert not torch.allclose(dropped[1], plain[1])  # rate 0.5: masked
+    assert torch.equal(evaluated, plain)  # no dropout outside training
 
 
 def test_a_diverging_member_leaves_without_disturbing_the_others(uri):
@@ -120,6 +192,9 @@ def test_what_cannot_be_packed_says_why(uri):
     lm = build_config({"task": {"name": "lm", "path": "tests/data/tiny_corpus", "batch_size": 2, "bptt": 2}})
     assert "epochs" in packable(lm)
     assert packable(configs(uri, "mingru", VARIANTS[:1])[0]) is None
+    mingru = run_pack([Member(c) for c in configs(uri, "mingru", VARIANTS[:1], **{"train.steps": 2})])[0]
+    kernels = mlflow.MlflowClient(uri).get_run(mingru.run_id).data.tags["kernels"]
+    assert "packed: vmapped reference steps" in kernels  # packs, through the slower path, and says so
 
 
 @pytest.mark.slow

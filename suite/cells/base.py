@@ -107,6 +107,11 @@ class RecurrentCell(nn.Module):
     # A cell with a fast path (``fast_path = True``) writes its step as ``forward_step`` (``step`` calls it, so
     # both paths run the same forward maths) and the matching backward through time, ``bptt``.
     fast_path: ClassVar[bool] = False
+    # ``packs = True``: forward_step and bptt also run M models at once (suite.packed): every fused weight
+    # stacked to (M, ...), the M batches folded into dim 0 of xp and the state (M*B rows, model-major), so that
+    # one op serves all M models. They then touch the weights only through linear, mm_bt, sum_bt, transposed
+    # and slices along the last two dims (tests/test_packed.py checks every cell that says so).
+    packs: ClassVar[bool] = False
 
     def fused_weights(self) -> tuple[Tensor, ...]:
         """The tensors ``forward_step`` reads besides xp and the state (recurrent weights, peepholes, gate
@@ -297,6 +302,30 @@ def gate_views(param: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
 
 
 
+_models = threading.local()  # .m: how many models' batches are folded into dim 0, inside packed_models()
+
+
+@contextlib.contextmanager
+def packed_models(m: int | None):
+    """Inside this block :func:`mm_bt` and :func:`sum_bt` return one gradient per model, (m, ...), from rows that
+    hold m models' batches one after the other (a pack's fused loop; :class:`FusedLoop` re-enters it in backward)."""
+    old = getattr(_models, "m", None)
+    _models.m = m
+    try:
+        yield
+    finally:
+        _models.m = old
+
+
+def models_packed() -> int | None:
+    return getattr(_models, "m", None)
+
+
+def transposed(w: Tensor) -> Tensor:
+    """W^T of a weight (out, in), or of each of a pack's stacked weights (M, out, in), contiguous."""
+    return w.transpose(-1, -2).contiguous()
+
+
 _ONEDNN: list = []  # [(linear, pack)] once probed; [None] where this torch has no oneDNN linear
 _packs = threading.local()  # .cache: weight key -> packed weight, inside packed_weights()
 KERNELS_ENV = "RNNSUITE_KERNELS"  # plain (default) | tuned
@@ -389,7 +418,17 @@ def linear(x: Tensor, w: Tensor, add: Tensor | None = None) -> Tensor:
     :func:`packed_weights`, and where :func:`kernel_choice` says so (``RNNSUITE_KERNELS=tuned``), this calls torch's
     oneDNN linear kernel (the library of nn.LSTM's CPU kernel) on a weight packed once per loop. Everywhere
     else torch.addmm (autograd-friendly).
+
+    A pack's stacked weights w (M, out, in) take x as M batches of rows one after the other (M*B, in) and add
+    as rows (M*B, out) or one bias per model (M, out): one batched GEMM (torch.baddbmm) for the M models.
     """
+    if w.dim() == 3:
+        m = w.shape[0]
+        xs = x.unflatten(0, (m, -1))  # (M, B, in), a view
+        if add is None:
+            return torch.bmm(xs, w.transpose(1, 2)).flatten(0, 1)
+        adds = add.unsqueeze(1) if add.shape[0] != x.shape[0] else add.unflatten(0, (m, -1))
+        return torch.baddbmm(adds, xs, w.transpose(1, 2)).flatten(0, 1)
     cache = getattr(_packs, "cache", None)
     if (cache is not None and x.dtype == torch.float32 and x.device.type == "cpu"
             and not torch.is_grad_enabled()):
@@ -482,7 +521,7 @@ class FusedLoop(torch.autograd.Function):
     def forward(ctx, cell, n_state, xp, *tensors):
         state, w = tensors[:n_state], tensors[n_state:]
         out, final, saved = cell._fused_loop(xp, state, w, save=True)
-        ctx.cell, ctx.n_state, ctx.n_w = cell, n_state, len(w)
+        ctx.cell, ctx.n_state, ctx.n_w, ctx.models = cell, n_state, len(w), models_packed()
         ctx.save_for_backward(xp, out, *state, *w, *saved)
         return (out, *final)
 
@@ -494,7 +533,7 @@ class FusedLoop(torch.autograd.Function):
         # dense incoming gradients: out.sum() sends an expanded (stride-0) one, slow to slice step by step
         d_out, d_final = d_out.contiguous(), tuple(d.contiguous() for d in d_final)
         g = BPTTInputs(xp, out, tuple(rest[:n]), tuple(rest[n:n + k]), tuple(rest[n + k:]), d_out, d_final)
-        with loop_kernels():
+        with loop_kernels(), packed_models(ctx.models):
             dxp, dstate, dw = ctx.cell.bptt(g)
         return (None, None, dxp, *dstate, *dw)
 
@@ -520,9 +559,9 @@ def bptt_one_gemm(g: BPTTInputs, w_hh: Tensor, factors) -> tuple[Tensor, Tensor]
     """
     d_out = g.d_out
     B, T, H = d_out.shape
-    K = w_hh.shape[0]
+    K = w_hh.shape[-2]
     dpre = d_out.new_empty(B, T, K)
-    w_t = w_hh.t().contiguous()  # dh_{t-1} = dpre_t W = linear(dpre_t, W^T)
+    w_t = transposed(w_hh)  # dh_{t-1} = dpre_t W = linear(dpre_t, W^T)
     dh = d_out[:, T - 1] + g.d_final[0]
     for t0, t1 in reversed_chunks(T):
         j_pre, j_h = factors(t0, t1)
@@ -549,9 +588,9 @@ def bptt_lstm(g: BPTTInputs, w_hh: Tensor, factors) -> tuple[Tensor, Tensor, Ten
     """
     d_out = g.d_out
     B, T, H = d_out.shape
-    K = w_hh.shape[0]
+    K = w_hh.shape[-2]
     dpre = d_out.new_empty(B, T, K)
-    w_t = w_hh.t().contiguous()
+    w_t = transposed(w_hh)
     dh, dc = d_out[:, T - 1] + g.d_final[0], g.d_final[1]
     for t0, t1 in reversed_chunks(T):
         j_c, j_o, j_hc, j_cc = factors(t0, t1)
@@ -582,8 +621,8 @@ def bptt_reset_gate(g: BPTTInputs, w_c: Tensor, dgates: Tensor, dcand: Tensor, f
     """
     d_out = g.d_out
     B, T, H = d_out.shape
-    w_c_t = w_c.t().contiguous()
-    gemms_t = [(block, w.t().contiguous()) for block, w in gemms]
+    w_c_t = transposed(w_c)
+    gemms_t = [(block, transposed(w)) for block, w in gemms]
     dh = d_out[:, T - 1] + g.d_final[0]
     for t0, t1 in reversed_chunks(T):
         j_c, j_h, rho, a, r, j_in = factors(t0, t1)
@@ -607,11 +646,18 @@ def bptt_reset_gate(g: BPTTInputs, w_c: Tensor, dgates: Tensor, dcand: Tensor, f
 
 
 def sum_bt(d: Tensor) -> Tensor:
-    """Sum over batch and time of (B, T, ...) -> (...): a bias gradient."""
+    """Sum over batch and time of (B, T, ...) -> (...): a bias gradient; in a pack, (M, ...): one per model."""
+    m = models_packed()
+    if m:
+        return d.unflatten(0, (m, -1)).sum((1, 2))
     return d.sum((0, 1))
 
 
 def mm_bt(d: Tensor, x: Tensor) -> Tensor:
     """sum_t d_t^T x_t for (B, T, K) x (B, T, H) -> (K, H): a weight gradient over all steps in ONE GEMM (no copy
-    where the (B, T) dims merge, as for slices of one buffer along its last dim)."""
+    where the (B, T) dims merge, as for slices of one buffer along its last dim); in a pack (M*B rows), one
+    batched GEMM -> (M, K, H)."""
+    m = models_packed()
+    if m:
+        return d.flatten(0, 1).unflatten(0, (m, -1)).transpose(1, 2).bmm(x.flatten(0, 1).unflatten(0, (m, -1)))
     return d.flatten(0, 1).t().mm(x.flatten(0, 1))

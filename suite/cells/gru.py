@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..registry import SuiteError
-from .base import RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, sum_bt, tanh
+from .base import (RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, reversed_chunks, sum_bt, tanh,
+                   transposed)
 from .lstm import FusedCell, record_gates
 from .registry import register
 
@@ -57,14 +58,51 @@ class GRU(FusedCell):
         return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0 if self.bias else None)  # (B, T, 3n)
 
     def step(self, xp: Tensor, state, trace=None):
+        state, (r, z, _, _) = self.forward_step(xp, state, self.fused_weights())
+        record_gates(trace, self.gate_names, (r, z))
+        return state
+
+    # forward runs nn.GRU; forward_step and bptt are the time loop a pack of GRUs runs (suite.packed)
+    packs = True
+
+    def fused_weights(self):
+        return (self.rnn.weight_hh_l0, self.rnn.bias_hh_l0) if self.bias else (self.rnn.weight_hh_l0,)
+
+    def forward_step(self, xp: Tensor, state, w):
         (h,) = state
         n2 = 2 * self.hidden_size
-        w = self.rnn.weight_hh_l0.t()
-        hp = torch.addmm(self.rnn.bias_hh_l0, h, w) if self.bias else h.mm(w)  # (B, 3n): U h + b_h, all gates
+        hp = linear(h, w[0], w[1] if self.bias else None)  # (B, 3n): U h + b_h, all gates
         r, z = (xp[:, :n2] + hp[:, :n2]).sigmoid().chunk(2, 1)
-        cand = torch.addcmul(xp[:, n2:], r, hp[:, n2:]).tanh()  # reset after U_n h
-        record_gates(trace, self.gate_names, (r, z))
-        return (torch.lerp(cand, h, z),)  # z ⊙ h + (1 - z) ⊙ n
+        hn = hp[:, n2:]
+        cand = tanh(torch.addcmul(xp[:, n2:], r, hn))  # reset after U_n h
+        return (torch.lerp(cand, h, z),), (r, z, cand, hn)  # z ⊙ h + (1 - z) ⊙ n
+
+    def bptt(self, g):
+        r_all, z_all, cand_all, hn_all = g.saved  # (T, B, n)
+        d_out = g.d_out
+        B, T, n = d_out.shape
+        n2 = 2 * n
+        dxp = torch.empty_like(g.xp)  # (B, T, 3n): r | z | n pre-activations
+        dhp = torch.empty_like(g.xp)  # gradient of hp = U h + b_h: r and z as dxp, n's times r
+        w_t = transposed(g.w[0])
+        dh = d_out[:, T - 1] + g.d_final[0]
+        for t0, t1 in reversed_chunks(T):
+            r, z, cand, hn, h = r_all[t0:t1], z_all[t0:t1], cand_all[t0:t1], hn_all[t0:t1], g.h(t0, t1)
+            j_n = (1 - z) * (1 - cand * cand)  # dh_t / d pre_n
+            j_z = (h - cand) * z * (1 - z)  # dh_t / d pre_z
+            j_r = hn * r * (1 - r)  # d pre_n / d pre_r
+            for t in range(t1 - 1, t0 - 1, -1):
+                k = t - t0
+                dp = dhp[:, t]
+                dpn = torch.mul(dh, j_n[k], out=dxp[:, t, n2:])
+                torch.mul(dpn, j_r[k], out=dp[:, :n])
+                torch.mul(dh, j_z[k], out=dp[:, n:n2])
+                torch.mul(dpn, r[k], out=dp[:, n2:])
+                nxt = torch.addcmul(d_out[:, t - 1], dh, z[k]) if t else dh * z[k]
+                dh = linear(dp, w_t, nxt)
+        dxp[..., :n2] = dhp[..., :n2]
+        dw = mm_bt(dhp, g.h_prev())
+        return dxp, (dh,), ((dw, sum_bt(dhp)) if self.bias else (dw,))
 
 
 class _ResetBeforeGRU(RecurrentCell):
@@ -86,6 +124,7 @@ class _ResetBeforeGRU(RecurrentCell):
         self.reset_parameters()
 
     fast_path = True
+    packs = True
     gate_gemm = True  # r, z read U h (False: gru3, whose gates are constants)
     input_blocks = 1  # blocks of project's output: 3 (r, z, h~) or 1 (h~ only)
 
@@ -101,7 +140,7 @@ class _ResetBeforeGRU(RecurrentCell):
         n = self.hidden_size
         r, z = self.gates(xp, h, w)
         rh = r * h
-        cand = tanh(linear(rh, w[0][-n:], xp[:, -n:]))  # reset before U_h
+        cand = tanh(linear(rh, w[0][..., -n:, :], xp[:, -n:]))  # reset before U_h
         return (torch.lerp(cand, h, z),), (r, z, rh, cand)  # z ⊙ h + (1 - z) ⊙ h~
 
     def step(self, xp: Tensor, state, trace=None):
@@ -129,11 +168,11 @@ class _ResetBeforeGRU(RecurrentCell):
             return (1 - z) * (1 - cand * cand), z, r, a, rr, (None,)
 
         w_hh = g.w[0]
-        gemms = [(slice(0, 2), w_hh[:2 * n])] if self.gate_gemm else []
-        dh0 = bptt_reset_gate(g, w_hh[-n:], dgates, dcand, factors, gemms)
+        gemms = [(slice(0, 2), w_hh[..., :2 * n, :])] if self.gate_gemm else []
+        dh0 = bptt_reset_gate(g, w_hh[..., -n:, :], dgates, dcand, factors, gemms)
         dgates = dgates.flatten(2)
         dw_c = mm_bt(dcand, rh_all.transpose(0, 1))
-        dw_hh = torch.cat([mm_bt(dgates, g.h_prev()), dw_c]) if self.gate_gemm else dw_c
+        dw_hh = torch.cat([mm_bt(dgates, g.h_prev()), dw_c], -2) if self.gate_gemm else dw_c
         return d, (dh0,), self.gate_grads(dgates, dw_hh)
 
     def gate_grads(self, dgates: Tensor, dw_hh: Tensor) -> tuple[Tensor | None, ...]:
@@ -173,7 +212,7 @@ class GRUResetBefore(_ResetBeforeGRU):
 
     def gates(self, xp, h, w):
         n2 = 2 * self.hidden_size
-        return linear(h, w[0][:n2], xp[:, :n2]).sigmoid().chunk(2, 1)
+        return linear(h, w[0][..., :n2, :], xp[:, :n2]).sigmoid().chunk(2, 1)
 
 
 _DEY_SALEM = "Dey & Salem 2017, Gate-Variants of Gated Recurrent Unit (GRU) Neural Networks"
@@ -223,10 +262,10 @@ class GRU1(_ResetBeforeGRU):
         return F.linear(x, self.weight_ih, b)  # (B, T, n): W_h x + b_h
 
     def fused_weights(self):
-        return (self.weight_hh, self.bias_ih[:2 * self.hidden_size]) if self.bias else (self.weight_hh,)
+        return (self.weight_hh, self.bias_ih[..., :2 * self.hidden_size]) if self.bias else (self.weight_hh,)
 
     def gates(self, xp, h, w):
-        pre = linear(h, w[0][:2 * self.hidden_size], w[1] if self.bias else None)  # (B, 2n)
+        pre = linear(h, w[0][..., :2 * self.hidden_size, :], w[1] if self.bias else None)  # (B, 2n)
         return pre.sigmoid().chunk(2, 1)
 
     def gate_grads(self, dgates, dw_hh):
@@ -254,7 +293,7 @@ class GRU2(_ResetBeforeGRU):
         return F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, n): W_h x + b_h
 
     def gates(self, xp, h, w):
-        return linear(h, w[0][:2 * self.hidden_size]).sigmoid().chunk(2, 1)
+        return linear(h, w[0][..., :2 * self.hidden_size, :]).sigmoid().chunk(2, 1)
 
     def chrono_targets(self):
         raise SuiteError("gru2 has no gate bias, so chrono init does not apply")
@@ -283,6 +322,7 @@ class GRU3(_ResetBeforeGRU):
         return F.linear(x, self.weight_ih, self.bias_ih[2 * self.hidden_size:])  # (B, T, n): W_h x + b_h
 
     gate_gemm = False
+    packs = False  # its gates (n,) broadcast over one model's batch, not over a pack's folded rows
 
     def fused_weights(self):
         return (self.weight_hh, self.bias_ih[:2 * self.hidden_size])

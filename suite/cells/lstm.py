@@ -131,12 +131,37 @@ class LSTM(FusedCell):
         return F.linear(x, self.rnn.weight_ih_l0, b)  # (B, T, 4n)
 
     def step(self, xp: Tensor, state, trace=None):
-        h, c = state
-        i, f, g, o = torch.addmm(xp, h, self.rnn.weight_hh_l0.t()).chunk(4, 1)  # each (B, n)
-        i, f, o = i.sigmoid(), f.sigmoid(), o.sigmoid()
-        c = torch.addcmul(f * c, i, g.tanh())
+        state, (i, f, _, o, _, _) = self.forward_step(xp, state, self.fused_weights())
         record_gates(trace, self.gate_names, (i, f, o))
-        return o * c.tanh(), c
+        return state
+
+    # forward runs nn.LSTM; forward_step and bptt are the time loop a pack of LSTMs runs (suite.packed)
+    packs = True
+
+    def fused_weights(self):
+        return (self.rnn.weight_hh_l0,)
+
+    def forward_step(self, xp: Tensor, state, w):
+        h, c = state
+        i, f, g, o = linear(h, w[0], xp).chunk(4, 1)  # each (B, n)
+        i, f, o = i.sigmoid(), f.sigmoid(), o.sigmoid()
+        g = tanh(g)
+        c = torch.addcmul(f * c, i, g)
+        tc = tanh(c)
+        return (o * tc, c), (i, f, g, o, c, tc)
+
+    def bptt(self, grads):
+        i_all, f_all, g_all, o_all, c_all, tc_all = grads.saved  # (T, B, n) each
+        c0 = grads.state[1]
+
+        def factors(t0, t1):
+            i, f, g, o, tc = (x[t0:t1] for x in (i_all, f_all, g_all, o_all, tc_all))
+            c_prev = grads.prev(c_all, c0, t0, t1)
+            j_c = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)  # dc_t/d pre_(i,f,g)
+            return j_c, tc * o * (1 - o), o * (1 - tc * tc), f
+
+        dpre, dh0, dc0 = bptt_lstm(grads, grads.w[0], factors)
+        return dpre, (dh0, dc0), (mm_bt(dpre, grads.h_prev()),)
 
     def init_gate_biases(self) -> None:
         if self.bias:
@@ -273,6 +298,7 @@ class CIFG(_OneBiasLSTM):
     gates = ("i", "g", "o")
     param_gates = {"weight_ih": gates, "weight_hh": gates, "bias_ih": gates}
     keep_gate = ("i", -1)
+    packs = True
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
                  init_range: float = 0.1, chrono_init: int | None = None):

@@ -62,6 +62,7 @@ class SimplifiedGRU(_FusedInput):
         self.reset_parameters()
 
     fast_path = True
+    packs = True
 
     def fused_weights(self):
         return (self.weight_hh,)
@@ -116,6 +117,7 @@ class UGRNN(_FusedInput):
         self.reset_parameters()
 
     fast_path = True
+    packs = True
 
     def fused_weights(self):
         return (self.weight_hh,)
@@ -172,6 +174,7 @@ class MGU(_FusedInput):
         self.reset_parameters()
 
     fast_path = True
+    packs = True
 
     def fused_weights(self):
         return (self.weight_hh_f, self.weight_hh_c)
@@ -241,6 +244,7 @@ class JANET(_FusedInput):
         self.reset_parameters()
 
     fast_path = True
+    packs = True
 
     def fused_weights(self):
         return (self.weight_hh,)

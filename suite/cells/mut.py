@@ -98,6 +98,7 @@ class _MUT(RecurrentCell):
     # Every MUT ends with cand = tanh(xp_c + (r ⊙ h) W_hh_c^T) and h_t = lerp(h, cand, z); forward_step returns
     # (z, r, r ⊙ h, cand) first, and the shared backward below needs only where z and r read h.
     fast_path = True
+    packs = True
 
     def step(self, xp: Tensor, state, trace=None):
         state, (z, r, *_) = self.forward_step(xp, state, self.fused_weights())

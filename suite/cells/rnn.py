@@ -30,6 +30,7 @@ class TanhRNN(RecurrentCell):
         return nn.functional.linear(x, self.weight_ih, self.bias_ih)  # (B, T, n)
 
     fast_path = True
+    packs = True
 
     def fused_weights(self):
         return (self.weight_hh,)
