@@ -54,6 +54,8 @@ def packable(cfg: RunConfig) -> str | None:
     """None if runs of this config can be packed, else the reason (one line)."""
     from .train import build_task
 
+    if cfg.train.precision != "32":
+        return f"train.precision={cfg.train.precision}: a pack trains in float32 only"
     task = build_task(cfg)
     if getattr(task, "steps_per_epoch", None):
         return f"task {cfg.task.name} carries state across windows in epochs; pack only synthetic tasks"

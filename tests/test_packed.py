@@ -192,6 +192,8 @@ def test_what_cannot_be_packed_says_why(uri):
     lm = build_config({"task": {"name": "lm", "path": "tests/data/tiny_corpus", "batch_size": 2, "bptt": 2}})
     assert "epochs" in packable(lm)
     assert packable(configs(uri, "mingru", VARIANTS[:1])[0]) is None
+    mixed = configs(uri, "sgru", VARIANTS[:1], **{"train.precision": "bf16-mixed"})[0]
+    assert "float32 only" in packable(mixed)  # not silently trained in float32 as if it were bf16-mixed
     mingru = run_pack([Member(c) for c in configs(uri, "mingru", VARIANTS[:1], **{"train.steps": 2})])[0]
     kernels = mlflow.MlflowClient(uri).get_run(mingru.run_id).data.tags["kernels"]
     assert "packed: vmapped reference steps" in kernels  # packs, through the slower path, and says so
