@@ -25,9 +25,10 @@ study at once (never more than the budget has left, each checked after ``ask`` a
 worker, so a killed pack's trials are reaped and retried one by one like unpacked ones), groups them by shape
 (:func:`suite.packed.pack_key`: cell, sizes, layers, task; learning rate, clipping, dropout, init and seed may
 differ) and trains each group in one batched step (:func:`suite.packed.run_pack`); a group of one, or a config
-:func:`suite.packed.packable` refuses (LM tasks, batch-norm cells, bf16-mixed precision), trains alone as usual. Each model reports to
-its own trial (intermediate values, the same pruner) and its own nested MLflow trial run, and is told to Optuna
-the moment it leaves the pack (finished, pruned, diverged), so a kill only loses the models still training.
+:func:`suite.packed.packable` refuses (LM tasks, batch-norm cells, bf16-mixed precision), trains alone as usual.
+Each model reports to its own trial (intermediate values, the same pruner) and its own nested MLflow trial run,
+and is told to Optuna the moment it leaves the pack (finished, pruned, diverged), so a kill only loses the models
+still training.
 """
 from __future__ import annotations
 
