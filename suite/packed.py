@@ -197,9 +197,9 @@ class BatchedModel:
             h = _drop(h, keep)
         states = []
         for i, (layer, project) in enumerate(zip(sk.layers, self._project)):
-            own = {n.split(".", 2)[2]: v for n, v in params.items() if n.startswith(f"layers.{i}.")}
-            xp = project({f"layer.{n}": v for n, v in own.items()}, h).flatten(0, 1)  # (M*B, T, K)
-            w = functional_call(self._calls[i], {f"layer.{n}": v for n, v in own.items()}, (None,))
+            own = {"layer." + n.split(".", 2)[2]: v for n, v in params.items() if n.startswith(f"layers.{i}.")}
+            xp = project(own, h).flatten(0, 1)  # (M*B, T, K)
+            w = functional_call(self._calls[i], own, (None,))  # fused_weights(), stacked (M, ...)
             state = tuple(xp.new_zeros(xp.shape[0], layer.hidden_size) for _ in layer.state_names)
             with packed_models(m), autocast_off(xp):
                 if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, *w)):
