@@ -265,9 +265,9 @@ class _Run:
             return
         from .diagnostics import write_profile
 
-        folder = Path(tempfile.mkdtemp(prefix="rnnsuite-pack-diag-"))
-        for path in write_profile(self.rows, folder):
-            self.logger.experiment.log_artifact(self.run_id, str(path), "diagnostics")
+        with tempfile.TemporaryDirectory(prefix="rnnsuite-pack-diag-") as folder:  # MLflow keeps its own copies
+            for path in write_profile(self.rows, Path(folder)):
+                self.logger.experiment.log_artifact(self.run_id, str(path), "diagnostics")
         self.rows = []
 
     def result(self):

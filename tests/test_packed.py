@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -45,7 +47,9 @@ def history(client, run_id, key):
 def test_packed_models_match_the_same_configs_trained_alone(uri, cell):
     cfgs = configs(uri, cell)
     alone = [run(c) for c in cfgs]
+    scratch = set(Path(tempfile.gettempdir()).glob("rnnsuite-pack-diag-*"))
     packed = run_pack([Member(c) for c in cfgs])
+    assert set(Path(tempfile.gettempdir()).glob("rnnsuite-pack-diag-*")) == scratch  # artifacts' scratch removed
     client = mlflow.MlflowClient(uri)
     for a, p in zip(alone, packed):
         assert a.status == p.status == "FINISHED"
