@@ -5,11 +5,13 @@ cell here, so gradients and initialisation read the same way across the family.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import RecurrentCell, bptt_lstm, gate_views, linear, mm_bt, sum_bt, tanh
+from .base import RecurrentCell, autocast_off, bptt_lstm, gate_views, linear, mm_bt, sum_bt, tanh
 from .registry import register
 
 LSTM_GATES = ("i", "f", "g", "o")  # nn.LSTM's order of the gate blocks along dim 0
@@ -27,17 +29,15 @@ class FusedCell(RecurrentCell):
     chrono_gates: tuple[tuple[str, int], ...] = ()  # (gate, sign): where chrono init writes, in bias_ih
 
     def _forward(self, x: Tensor, state) -> tuple[Tensor, tuple[Tensor, ...]]:
-        hx = tuple(s.unsqueeze(0).contiguous() for s in state)  # nn wants (layers, B, H)
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if cpu_autocast:
             # On CPU, autocast hands nn.LSTM/nn.GRU to oneDNN's bf16 primitive, which CPUs without bf16
             # instructions (AVX2-only) refuse ("could not create a primitive descriptor"). The recurrence runs in
-            # the parameters' dtype instead, as every custom cell's does (RecurrentCell._recurrence_inputs).
-            dtype = self.recurrence_dtype()
-            with torch.autocast("cpu", enabled=False):
-                out, hn = self.rnn(x.to(dtype), tuple(h.to(dtype) for h in hx) if len(hx) > 1 else hx[0].to(dtype))
-            hn = hn if isinstance(hn, tuple) else (hn,)
-            return out, tuple(s.squeeze(0) for s in hn)
-        out, hn = self.rnn(x, hx if len(hx) > 1 else hx[0])
+            # the parameters' dtype instead, as every custom cell's does.
+            x, state = self._recurrence_inputs(x, state)
+        hx = tuple(s.unsqueeze(0).contiguous() for s in state)  # nn wants (layers, B, H)
+        with autocast_off(x) if cpu_autocast else contextlib.nullcontext():
+            out, hn = self.rnn(x, hx if len(hx) > 1 else hx[0])
         hn = hn if isinstance(hn, tuple) else (hn,)
         return out, tuple(s.squeeze(0) for s in hn)
 
