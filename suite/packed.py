@@ -184,7 +184,7 @@ class BatchedModel:
         """SequenceModel.forward for M models at once, from a zero state: (M, B, T, output_size), states."""
         from torch.func import functional_call
 
-        from .cells.base import FusedLoop, autocast_off, packed_models
+        from .cells.base import packed_models
 
         sk = self.skeleton
         m = params[self.names[0]].shape[0]
@@ -201,11 +201,8 @@ class BatchedModel:
             xp = project(own, h).flatten(0, 1)  # (M*B, T, K)
             w = functional_call(self._calls[i], own, (None,))  # fused_weights(), stacked (M, ...)
             state = tuple(xp.new_zeros(xp.shape[0], layer.hidden_size) for _ in layer.state_names)
-            with packed_models(m), autocast_off(xp):
-                if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, *w)):
-                    out, *final = FusedLoop.apply(layer, len(state), xp, *state, *w)
-                else:
-                    out, final, _ = layer._fused_loop(xp, state, w, save=False)
+            with packed_models(m):
+                out, final = layer.fused_loop(xp, state, w)
             h = out.unflatten(0, (m, -1))  # (M, B, T, H)
             if keep is not None:
                 h = _drop(h, keep)

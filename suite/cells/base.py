@@ -166,7 +166,10 @@ class RecurrentCell(nn.Module):
     def _fast_forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """The fast path: the same steps without autograd, then :meth:`bptt` as one backward node."""
         xp, state = self._recurrence_inputs(self.project(x), state)
-        w = self.fused_weights()
+        return self.fused_loop(xp, state, self.fused_weights())
+
+    def fused_loop(self, xp: Tensor, state: State, w: tuple[Tensor, ...]) -> tuple[Tensor, State]:
+        """The fast path's time loop on projected inputs: one FusedLoop node under autograd, else no graph."""
         with autocast_off(xp):
             if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, *state, *w)):
                 out, *final = FusedLoop.apply(self, len(state), xp, *state, *w)
