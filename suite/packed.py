@@ -403,6 +403,7 @@ class _Pack:
                     for r in alive:
                         if r.alive:
                             r.log({"time/step_ms": 1000 * interval / t.log_every}, step=done)
+                            r.logger.flush()  # as Lightning's save() per logging interval: live in the UI
                     interval = 0.0
                 if done % val_interval == 0:
                     self.validate(s)

@@ -215,3 +215,18 @@ def test_every_packable_cell_runs_in_a_pack(uri):
         packed = run_pack([Member(c) for c in cfgs])
         assert all(p.status == "FINISHED" and math.isfinite(p.metrics["val/loss"]) for p in packed), cell
         assert torch.is_grad_enabled()
+
+
+def test_a_packs_metrics_reach_mlflow_while_it_trains(uri):
+    """Each logging interval is written, as for a single run, so the MLflow UI shows a packed trial's curve live
+    (before, a pack's metrics waited in memory until 1,000 had gathered or the run ended)."""
+    cfgs = configs(uri, "sgru", VARIANTS[:2], **{"train.log_every": 5})
+    client, ids, seen = mlflow.MlflowClient(uri), [], []
+
+    def peek(value, step):  # called at each validation, mid-training
+        seen.append((step, sorted(history(client, ids[-1], "train/loss"))))
+        return False
+
+    members = [Member(cfgs[0]), Member(cfgs[1], on_start=ids.append, should_prune=peek, monitor="val/mse")]
+    run_pack(members)
+    assert seen[0] == (25, [4, 9, 14, 19, 24])  # every interval up to the first validation, already in MLflow
