@@ -312,6 +312,15 @@ def test_named_settings_load_and_build():
     assert tasks.load_settings(named["ptb-word"][0]) == tasks.load_settings("ptb-word")
 
 
+def test_a_malformed_setting_breaks_only_its_own_name(tmp_path, monkeypatch):
+    (tmp_path / "broken.yaml").write_text("task: {name: adding, length: [200\n")
+    monkeypatch.setattr(tasks, "settings_dirs", lambda: [tasks.SETTINGS_DIR, tmp_path])
+    assert tasks.load_settings("adding-T200")["task"]["length"] == 200  # the others still load
+    with pytest.raises(SuiteError, match=r"broken.yaml: malformed YAML"):
+        tasks.load_settings("broken")
+    assert tasks.named_settings()["broken"][1].startswith("(cannot be used: task settings ")  # `list` says why
+
+
 def test_top_level_tasks_folder_is_the_package_folder():
     top = ROOT / "tasks"
     assert top.is_symlink() and top.resolve() == (ROOT / "suite" / "tasks" / "settings").resolve()

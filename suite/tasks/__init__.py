@@ -57,12 +57,19 @@ def settings_dirs() -> list[Path]:
 
 
 def named_settings() -> dict[str, tuple[Path, str]]:
-    """Setting name (file stem) -> (path, description), sorted by name; the package's files win a clash."""
+    """Setting name (file stem) -> (path, description), sorted by name; the package's files win a clash.
+
+    A file that cannot be read is listed with its one-line problem as the description: it breaks only its own
+    name (load_settings raises that problem), not every other setting."""
     found: dict[str, tuple[Path, str]] = {}
     for folder in settings_dirs():
         for path in sorted(folder.glob("*.yaml")):
             if path.stem not in found:
-                found[path.stem] = (path, str(_read(path).get("description", "")))
+                try:
+                    description = str(_read(path).get("description", ""))
+                except SuiteError as err:
+                    description = f"(cannot be used: {err})"
+                found[path.stem] = (path, description)
     return dict(sorted(found.items()))
 
 
