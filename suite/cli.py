@@ -105,7 +105,7 @@ def _task_layer(task: str) -> dict:
 
     if task.endswith((".yaml", ".yml")) or "/" in task:
         return load_yaml(task)
-    if task in tasks.named_settings():
+    if task in tasks.setting_paths():
         return tasks.load_settings(task)
     tasks.TASKS.get(task)  # raises the unknown-task error listing the valid names
     return {"task": {"name": task}}

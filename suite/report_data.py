@@ -232,7 +232,7 @@ def rebuild_task(runs: pd.DataFrame, task_label: str):
         name = row.get("params.task.name")
     else:
         name, options = task_label, {}
-        if task_label in tasks.named_settings():
+        if task_label in tasks.setting_paths():
             section = dict(tasks.load_settings(task_label)["task"])
             name = section.pop("name")
             options = section

@@ -256,7 +256,7 @@ def _resolve_task(spec: SweepSpec, path) -> None:
             if not p.is_absolute() and not p.exists():
                 p = Path(path).parent / task
             spec.task = load_yaml(p)
-        elif task in tasks.named_settings():
+        elif task in tasks.setting_paths():
             spec.task = tasks.load_settings(task)
         else:
             tasks.TASKS.get(task)

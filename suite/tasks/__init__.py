@@ -20,8 +20,8 @@ from ..registry import SuiteError
 from . import adding, copy, lm  # noqa: F401  (importing registers the tasks)
 from .base import TASKS, Baseline, Batch, Published, SolvedRule, Task
 
-__all__ = ["build", "names", "options", "named_settings", "load_settings", "settings_dirs",
-           "Task", "Batch", "Baseline", "Published", "SolvedRule", "TASKS"]
+__all__ = ["build", "names", "options", "named_settings", "setting_paths", "load_settings",
+           "settings_dirs", "Task", "Batch", "Baseline", "Published", "SolvedRule", "TASKS"]
 
 SETTINGS_DIR = Path(__file__).parent / "settings"  # package data: found by an installed package too
 
@@ -56,29 +56,36 @@ def settings_dirs() -> list[Path]:
     return dirs
 
 
+def setting_paths() -> dict[str, Path]:
+    """Setting name (file stem) -> its file, sorted by name; the package's files win a clash. Reads no file."""
+    found: dict[str, Path] = {}
+    for folder in settings_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
 def named_settings() -> dict[str, tuple[Path, str]]:
     """Setting name (file stem) -> (path, description), sorted by name; the package's files win a clash.
 
-    A file that cannot be read is listed with its one-line problem as the description: it breaks only its own
-    name (load_settings raises that problem), not every other setting."""
+    A file that cannot be read is listed with its one-line problem as the description; load_settings raises
+    that problem for its own name only, since it reads just the file it is asked for."""
     found: dict[str, tuple[Path, str]] = {}
-    for folder in settings_dirs():
-        for path in sorted(folder.glob("*.yaml")):
-            if path.stem not in found:
-                try:
-                    description = str(_read(path).get("description", ""))
-                except SuiteError as err:
-                    description = f"(cannot be used: {err})"
-                found[path.stem] = (path, description)
-    return dict(sorted(found.items()))
+    for name, path in setting_paths().items():
+        try:
+            description = str(_read(path).get("description", ""))
+        except SuiteError as err:
+            description = f"(cannot be used: {err})"
+        found[name] = (path, description)
+    return found
 
 
 def load_settings(name_or_path) -> dict:
     """The content of a named setting (``copy-T100``) or of a YAML file; problems raise a one-line SuiteError."""
     text = str(name_or_path)
-    known = named_settings()
+    known = setting_paths()
     if text in known:
-        path = known[text][0]
+        path = known[text]
     elif text.endswith((".yaml", ".yml")) or Path(text).exists():
         path = Path(text)
     else:
