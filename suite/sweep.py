@@ -655,7 +655,9 @@ class Sweep:
                     if self._anything_running():
                         time.sleep(2.0)
                         continue
-                    return
+                    job = self._next_job()  # a trial that look reaped has been handed back: train it
+                    if job is None:
+                        return
                 cell, phase = job
                 if self.spec.pack > 1:
                     self.run_pack(cell, phase)
@@ -684,8 +686,10 @@ class Sweep:
         for cell in self.spec.cells:
             if not self.search_done(cell):
                 continue
-            self.ensure_confirm_queue(cell)
+            # reap first: a slot whose worker was killed counts as live until it is failed, and only then does
+            # ensure_confirm_queue enqueue it again (the other order ended a resumed sweep one run short)
             self.reap(cell, PHASE_CONFIRM)
+            self.ensure_confirm_queue(cell)
             if self.counts(cell, PHASE_CONFIRM)["waiting"]:
                 return cell, PHASE_CONFIRM
         return None

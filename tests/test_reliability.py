@@ -471,6 +471,22 @@ def test_a_confirmation_slot_lost_with_its_worker_is_run_again(tmp_path, trackin
     assert _slots(sweep) == [(0, 1), (0, 2)]
 
 
+def test_a_resumed_worker_runs_the_last_confirmation_slot_its_killed_predecessor_held(tmp_path, tracking_db):
+    """The last slot of a sweep was RUNNING when its worker was SIGKILLed; the resumed worker must find it (it
+    ended one run short, 'stopped before its budget was spent', when it looked at the queue before reaping)."""
+    sweep = _sweep(tmp_path, tracking_db)
+    _finished_search(sweep)
+    sweep.ensure_confirm_queue("gru")
+    confirm = sweep.study("gru", "confirm")
+    done = confirm.ask()
+    confirm.tell(done, 0.1)
+    victim = confirm.ask()
+    victim.set_user_attr("worker", f"{sweep.host}:{_dead_pid()}")
+    assert sweep._next_job() == ("gru", "confirm")
+    assert _slots(sweep) == [(0, 1), (0, 2)]
+    assert not sweep.done()
+
+
 def test_a_confirmation_that_keeps_crashing_is_given_up_and_the_sweep_can_end(tmp_path, tracking_db):
     from suite.sweep import MAX_RETRIES
 
