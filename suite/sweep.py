@@ -17,6 +17,10 @@ Coordination lives in the Optuna storage, so workers on one machine or many shar
 * the confirmation queue is derived from the finished search and written once (``chosen``); every (rank, seed)
   without a live or finished trial is enqueued again, so a sweep killed anywhere, even while enqueueing, resumes
   to exactly top_k x seeds confirmation runs; MLflow runs left RUNNING by a kill are ended KILLED at the end.
+* every value the sampler can give a cell builds: load_sweep tries each choice value and bound on each cell, leaves
+  choice values a cell refuses out of its space (SweepSpec.search_for) and refuses the rest; a worker whose last
+  CRASH_STREAK trials all crashed stops with one line (each crash is retried and the sampler, told nothing by a
+  crash, proposes more: without the stop a broken setup loops for ever).
 The objective only turns a trial's sampled values into a run config and calls the same ``train.run`` as
 ``rnnsuite train``: the trial object never reaches model or task code (optuna-examples).
 
@@ -56,6 +60,7 @@ GRACE = 180.0  # seconds without a heartbeat before a RUNNING trial of another h
 NO_WORKER_GRACE = 60.0  # a trial gets its worker within milliseconds of `ask`; one without it this long is lost
 HEARTBEAT = 20.0  # seconds between heartbeats
 MAX_RETRIES = 2  # a configuration that crashes its worker this often is not enqueued again
+CRASH_STREAK = 10  # a worker whose last this-many trials all crashed stops (a broken setup, not a bad config)
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 SPEC_KEYS = ("name", "description", "task", "base", "cells", "budget", "search", "param_match", "sampler",
@@ -83,6 +88,21 @@ class SweepSpec:
     description: str = ""
     task_label: str = ""  # the task part of study names
     pack: int = 1  # trials of one shape trained together in one step (1: one at a time)
+    # cell -> {key: [choice values the cell refuses, with the reason]}: left out of that cell's search space
+    refused: dict[str, dict[str, list[tuple[Any, str]]]] = field(default_factory=dict)
+
+    def search_for(self, cell: str) -> dict[str, dict]:
+        """The search space of one cell: the file's, less the choice values the cell does not take (a cell without
+        a gate bias cannot be chrono-initialised: model.chrono_init=true is not sampled for it)."""
+        out = {}
+        for key, dist in self.search.items():
+            gone = [v for v, _ in self.refused.get(cell, {}).get(key, [])]
+            out[key] = dict(dist, values=[v for v in dist["values"] if v not in gone]) if gone else dist
+        return out
+
+    def refusal_notes(self) -> list[str]:
+        return [f"{cell} does not take {key}={_yaml_value(v)} ({why}); its search leaves that value out"
+                for cell, keys in self.refused.items() for key, values in keys.items() for v, why in values]
 
     def study_name(self, cell: str, phase: str = PHASE_SEARCH) -> str:
         base = f"{self.name}/{self.task_label}/{cell}"
@@ -175,10 +195,41 @@ def load_sweep(path: str | Path) -> SweepSpec:
           f"{path}: objective.direction must be minimize or maximize, got {spec.direction!r}")
     spec.pack = check_pack(data.get("pack", 1), f"{path}: pack")
     _resolve_task(spec, path)
-    for cell in cells:  # every cell builds with the first point of the space: bad keys fail now, not later
-        cfg = trial_config(spec, cell, first_point(spec.search), seed=0)
-        build_task_and_model(cfg)
+    for cell in cells:
+        _check_cell_space(spec, cell, path)
     return spec
+
+
+def _check_cell_space(spec: SweepSpec, cell: str, path) -> None:
+    """Every value the sampler can give `cell` must build, or the sweep would crash trial after trial (a crashed
+    trial tells the sampler nothing, so it proposes the same value again). Each choice value and each bound is
+    tried alone on the base config: choice values the cell refuses are left out of its space (noted), a refused
+    bound or a choice with no value left is an error; then the cell's first point must build too."""
+    def refusal(params: dict) -> str | None:
+        try:
+            build_task_and_model(trial_config(spec, cell, params, seed=0))
+        except SuiteError as exc:
+            return str(exc)
+        return None
+
+    for key, dist in spec.search.items():
+        if dist["type"] == "choice":
+            refused = [(v, why) for v in dist["values"] if (why := refusal({key: v})) is not None]
+            _need(len(refused) < len(dist["values"]),
+                  f"{path}: search.{key}: cell {cell!r} takes none of its values ({refused[0][1] if refused else ''})")
+            if refused:
+                spec.refused.setdefault(cell, {})[key] = refused
+        else:
+            for bound in ("low", "high"):
+                why = refusal({key: dist[bound]})
+                _need(why is None, f"{path}: search.{key}.{bound}={dist[bound]} is refused for cell {cell!r}: {why}")
+    # a combination of accepted values can still be refused: the first point of the cell's space must build
+    cfg = trial_config(spec, cell, first_point(spec.search_for(cell)), seed=0)
+    build_task_and_model(cfg)
+
+
+def _yaml_value(v) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def check_pack(value, where: str = "pack") -> int:
@@ -409,6 +460,7 @@ class Sweep:
         self._client = None
         self._pack_reasons: dict[str, str | None] = {}  # cell -> why its trials cannot be packed (None: they can)
         self._noted: set[str] = set()  # cells whose "not packed" note was printed
+        self._crashes: list[str] = []  # this worker's crashed trials since its last trained one
 
     def base_config(self) -> RunConfig:
         return build_config(self.spec.task, self.spec.base)
@@ -485,7 +537,11 @@ class Sweep:
             self.client.update_run(rid, "RUNNING")
         for cell in self.spec.cells:
             self.study(cell)
-            self.study_run(cell)
+            rid = self.study_run(cell)
+            left_out = [f"{key}={_yaml_value(v)}" for key, values in self.spec.refused.get(cell, {}).items()
+                        for v, _ in values]
+            if left_out:  # the study's own space, as its MLflow run shows it
+                self.client.set_tag(rid, "search.left_out", ", ".join(left_out))
 
     # ------------------------------------------------------------------ counting
     def counts(self, cell: str, phase: str = PHASE_SEARCH) -> dict[str, int]:
@@ -665,6 +721,10 @@ class Sweep:
                     self.run_trial(cell, phase)
                 if progress:
                     progress()
+                if len(self._crashes) >= CRASH_STREAK:  # each crash is retried, the sampler proposes more: a loop
+                    raise SuiteError(f"sweep {self.spec.name}: the last {len(self._crashes)} trials crashed "
+                                     f"(last: {self._crashes[-1]}); stopping instead of retrying for ever. Fix "
+                                     "the cause, then run the same command to resume")
 
     def _anything_running(self) -> bool:
         for cell in self.spec.cells:
@@ -696,7 +756,7 @@ class Sweep:
 
     def run_trial(self, cell: str, phase: str) -> None:
         study = self.study(cell, phase)
-        trial = self._ask(study, phase)
+        trial = self._ask(study, cell, phase)
         if trial is None:
             return
         params, seed = self._trial_params(trial, phase)
@@ -716,12 +776,12 @@ class Sweep:
         if not self._tell(study, trial, phase, outcome, value, reason):
             raise KeyboardInterrupt
 
-    def _ask(self, study, phase: str):
+    def _ask(self, study, cell: str, phase: str):
         """``ask`` one trial, record this worker on it at once, and check that it may train (budget, queue).
         Returns the trial, or None after telling it FAIL (nothing was trained)."""
         from optuna.trial import TrialState
 
-        trial = study.ask(distributions(self.spec.search)) if phase == PHASE_SEARCH else study.ask()
+        trial = study.ask(distributions(self.spec.search_for(cell))) if phase == PHASE_SEARCH else study.ask()
         # first thing after `ask`: a trial without its worker can only be reaped after NO_WORKER_GRACE
         trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
         trial.set_user_attr("worker_id", _process_id(os.getpid()))
@@ -745,6 +805,7 @@ class Sweep:
         """Tell a trained trial's outcome; False if it was interrupted (told FAIL and retried: the caller stops)."""
         from optuna.trial import TrialState
 
+        self._crashes.clear()  # it trained: whatever crashed before was not the whole worker
         if outcome == "finished" and value is not None and math.isfinite(value):
             study.tell(trial, value)
         elif outcome in ("finished", "pruned", "diverged"):
@@ -772,6 +833,7 @@ class Sweep:
         study.tell(trial, state=TrialState.FAIL)
         if phase == PHASE_SEARCH:
             self._retry(study, trial_frozen(study, trial))
+        self._crashes.append(f"{study.study_name}#{trial.number}: {first_line(exc)}")
         print(f"rnnsuite: trial {study.study_name}#{trial.number} crashed: {first_line(exc)}", file=sys.stderr)
 
     # ------------------------------------------------------------------ packed trials
@@ -793,7 +855,7 @@ class Sweep:
         from .packed import packable
 
         if cell not in self._pack_reasons:
-            reason = packable(trial_config(self.spec, cell, first_point(self.spec.search), seed=0))
+            reason = packable(trial_config(self.spec, cell, first_point(self.spec.search_for(cell)), seed=0))
             self._pack_reasons[cell] = reason
             if reason:
                 self._note_unpacked(cell, reason)
@@ -814,7 +876,7 @@ class Sweep:
         study = self.study(cell, phase)
         trials = []
         for _ in range(size):
-            trial = self._ask(study, phase)
+            trial = self._ask(study, cell, phase)
             if trial is None:  # another worker took the last place, or the queue ran dry: train what we have
                 break
             trials.append(trial)
@@ -1170,6 +1232,8 @@ def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers:
         sweep.work()
         return 0
     sweep.prepare()
+    for note in spec.refusal_notes():
+        print(f"rnnsuite: note: {note}", file=sys.stderr, flush=True)
     if sweep.done():
         sweep.finish()
         print(f"sweep {spec.name}: nothing to do ({spec.trials} trials and up to {spec.confirm_runs} "

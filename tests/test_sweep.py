@@ -152,6 +152,11 @@ def test_param_matching_is_used_by_trials(tmp_path):
     ({"pruner": {"name": "median", "patience": 3}}, "unknown pruner key 'patience'"),
     ({"confirm": {"top_k": 9}}, "confirm.top_k must be an integer in [1, budget.trials]"),
     ({"task": "nosuchtask"}, "unknown task 'nosuchtask'"),
+    # every value the sampler can give a cell must build: a refused bound or a choice no cell value survives
+    ({"search": {"model.dropout": {"type": "uniform", "low": 0.0, "high": 1.5}}},
+     "search.model.dropout.high=1.5 is refused for cell 'gru': model.dropout must be in [0, 1)"),
+    ({"cells": ["gru", "gru2"], "search": {"model.chrono_init": {"type": "choice", "values": [True]}}},
+     "search.model.chrono_init: cell 'gru2' takes none of its values"),
 ])
 def test_bad_sweep_files_are_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(SuiteError) as err:
@@ -169,6 +174,61 @@ def test_bad_sweep_file_exits_2_with_one_line_and_writes_nothing(tmp_path, chang
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert set(tmp_path.iterdir()) == before  # no database, journal or run folder
+
+
+def test_choice_values_a_cell_refuses_are_left_out_of_its_space_not_crashed_on(tmp_path):
+    """gru2 and rnn_tanh have no gate bias to chrono-initialise. A sweep searching model.chrono_init over them
+    crashed every trial that sampled true and the sampler, told nothing by a crash, kept proposing it (3,213
+    crashed gru2 trials in the adding study). The value is now left out of those cells' spaces, with a note."""
+    spec = dict(TINY, name="refused", cells=["gru", "gru2"], budget={"trials": 4, "steps": 10},
+                search={"optim.lr": TINY["search"]["optim.lr"],
+                        "model.chrono_init": {"type": "choice", "values": [True, False]}},
+                confirm={"top_k": 1, "seeds": 1})
+    loaded = load_sweep(write(tmp_path, spec))
+    assert loaded.search_for("gru")["model.chrono_init"]["values"] == [True, False]
+    assert loaded.search_for("gru2")["model.chrono_init"]["values"] == [False]
+    assert loaded.search["model.chrono_init"]["values"] == [True, False]  # the file's space is not changed
+    storage, tracking = stores(tmp_path)
+    out = cli("sweep", str(tmp_path / "sweep.yaml"), "--storage", storage, "--tracking-uri", tracking,
+              "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "crashed" not in out.stderr
+    assert "note: gru2 does not take model.chrono_init=true" in out.stderr
+    store = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    for cell in spec["cells"]:
+        trials = optuna.load_study(study_name=f"refused/adding/{cell}", storage=store).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, cell
+        if cell == "gru2":
+            assert {t.params["model.chrono_init"] for t in trials} == {False}
+    client = mlflow.MlflowClient(tracking)
+    exp = client.get_experiment_by_name("refused")
+    study_runs = {r.data.tags["cell"]: r for r in client.search_runs(
+        [exp.experiment_id], "tags.`rnnsuite.level` = 'study'")}
+    assert study_runs["gru2"].data.tags["search.left_out"] == "model.chrono_init=true"
+    assert "search.left_out" not in study_runs["gru"].data.tags
+
+
+def test_a_worker_whose_trials_all_crash_stops_instead_of_looping(tmp_path, monkeypatch):
+    """Each crashed trial is retried and the sampler proposes new ones: a setup in which every trial crashes would
+    loop for ever. The worker stops after CRASH_STREAK crashes in a row with one line naming the last one."""
+    import suite.train
+    from suite.sweep import CRASH_STREAK, Sweep
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a broken setup")
+
+    monkeypatch.setattr(suite.train, "run", broken)
+    storage, tracking = stores(tmp_path)
+    sweep = Sweep(load_sweep(write(tmp_path, dict(TINY, budget={"trials": 50, "steps": 5}))), storage, tracking)
+    sweep.prepare()
+    with pytest.raises(SuiteError) as err:
+        sweep.work()
+    message = str(err.value)
+    assert f"the last {CRASH_STREAK} trials crashed" in message and "RuntimeError: a broken setup" in message
+    assert "\n" not in message and "run the same command to resume" in message
+    failed = sum(t.state == TrialState.FAIL for cell in TINY["cells"] for t in sweep.study(cell).get_trials())
+    assert failed == CRASH_STREAK
+    assert not [t for cell in TINY["cells"] for t in sweep.study(cell).get_trials() if t.state == TrialState.RUNNING]
 
 
 def test_bad_storage_scheme(tmp_path):
