@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -151,12 +152,20 @@ def search_frame(client, experiment_id: str) -> pd.DataFrame:
                    "level": run.data.tags.get(LEVEL_TAG, "")}
             row.update({f"tags.{k}": v for k, v in run.data.tags.items() if k in TAGS_KEPT})
             row.update({f"params.{k}": v for k, v in run.data.params.items()})
-            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            row.update({f"metrics.{k}": _from_mlflow(v) for k, v in run.data.metrics.items()})
             rows.append(row)
         token = page.token
         if not token:
             break
     return pd.DataFrame(rows)
+
+
+def _from_mlflow(value: float) -> float:
+    """A metric as it was logged: MLflow's SQL stores keep ±inf as ±sys.float_info.max, which averaged over seeds
+    printed rnn_tanh's -inf gradient decay (no gradient reaches the first steps) as a 309-digit number."""
+    if isinstance(value, float) and abs(value) == sys.float_info.max:
+        return math.copysign(math.inf, value)
+    return value
 
 
 def trial_runs(frame: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,8 @@ UPPER = {"mse": "MSE", "bpc": "BPC", "ppl": "perplexity", "acc": "accuracy", "lo
 
 # ---------------------------------------------------------------------------------------------- formatting
 def fmt(value, digits: int = 4) -> str:
-    """The one display format of every number in every report file: 4 significant digits, '—' for missing."""
+    """The one display format of every number in every report file: 4 significant digits, '—' for missing,
+    '−∞'/'∞' for infinities."""
     if isinstance(value, str):
         return value
     if value is None or pd.isna(value):
@@ -36,6 +37,8 @@ def fmt(value, digits: int = 4) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     v = float(value)
+    if math.isinf(v):  # e.g. diag/grad_decay when no gradient at all reaches the first steps
+        return "−∞" if v < 0 else "∞"
     if not math.isfinite(v):
         return "—"
     if v.is_integer() or abs(v) >= 10 ** digits:  # no exponent for counts, parameters, seconds

@@ -391,3 +391,21 @@ def test_unreachable_stores_are_one_line(tmp_path, report):
                                f"postgresql://user:secret@127.0.0.1:{port}/db", cwd=tmp_path))
     assert "cannot open Optuna storage" in line and "secret" not in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_infinite_gradient_decay_reads_back_as_infinite_and_prints_as_such(tmp_path):
+    """No gradient reaching the first steps logs diag/grad_decay = -inf; MLflow's SQL store keeps it as
+    -sys.float_info.max, which the report averaged and printed as a 309-digit number."""
+    from suite.report_data import search_frame
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("inf", artifact_location=str(tmp_path / "art"))
+    run = client.create_run(exp)
+    client.log_metric(run.info.run_id, "diag/grad_decay", -math.inf)
+    client.log_metric(run.info.run_id, "val/mse", 0.25)
+    assert client.get_run(run.info.run_id).data.metrics["diag/grad_decay"] == -sys.float_info.max  # the store's
+    frame = search_frame(client, exp)
+    assert frame.loc[0, "metrics.diag/grad_decay"] == -math.inf
+    assert frame.loc[0, "metrics.val/mse"] == 0.25
+    assert fmt(-math.inf) == "−∞" and fmt(math.inf) == "∞" and fmt(math.nan) == "—"
