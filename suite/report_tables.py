@@ -204,7 +204,21 @@ def _solved(an: Analysis, cell: str) -> tuple[str, str]:
     cols = {c[len(prefix):]: c for c in runs.columns if c.startswith(prefix) and runs[c].notna().any()}
     means = {name: runs[col].mean() for name, col in cols.items()}
     k = sum(task.is_solved({name: row[col] for name, col in cols.items()}) for _, row in runs.iterrows())
-    return ("yes" if task.is_solved(means) else "no"), f"{k}/{len(runs)}"
+    # a seed that diverged did not solve the task: it counts in the denominator (1/1 for a cell that diverged on
+    # two seeds of three would read as robust)
+    return ("yes" if task.is_solved(means) else "no"), f"{k}/{len(runs) + len(_diverged_confirmations(an, cell))}"
+
+
+def _diverged_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
+    """Confirmation runs of `cell` whose loss went NaN/inf (their trial counts as finished and is not re-run;
+    a crashed run, also FAILED, is re-run and so not counted here)."""
+    runs = an.data.runs
+    if not len(runs) or "tags.failure.reason" not in runs:
+        return runs.iloc[:0]
+    bad = runs[(runs["cell"] == cell) & (runs["phase"] == "confirm") & (runs["status"] == "FAILED")
+               & runs["tags.failure.reason"].fillna("").str.startswith("diverged")]
+    ranks = set(an.confirmed.loc[an.confirmed["cell"] == cell, "rank"]) if len(an.confirmed) else set()
+    return bad[bad["rank"].isin(ranks)] if ranks else bad  # the confirmed configuration's seeds only
 
 
 def leaderboard(an: Analysis) -> Table:
@@ -259,7 +273,11 @@ def _diverged_note(an: Analysis, cell: str) -> str:
     if not len(runs):
         return ""
     bad = runs[(runs["cell"] == cell) & (runs["phase"] == "confirm") & (runs["status"] == "FAILED")]
-    return f"{len(bad)} confirmation run(s) diverged or failed (excluded)" if len(bad) else ""
+    diverged = len(_diverged_confirmations(an, cell))
+    if not len(bad):
+        return ""
+    return f"{len(bad)} confirmation run(s) diverged or failed (excluded from the mean" + \
+        (f"; {diverged} diverged, counted as not solved)" if diverged else ")")
 
 
 def reference_rows(an: Analysis, extra: str | None) -> list[dict]:

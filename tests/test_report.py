@@ -409,3 +409,27 @@ def test_an_infinite_gradient_decay_reads_back_as_infinite_and_prints_as_such(tm
     assert frame.loc[0, "metrics.diag/grad_decay"] == -math.inf
     assert frame.loc[0, "metrics.val/mse"] == 0.25
     assert fmt(-math.inf) == "−∞" and fmt(math.inf) == "∞" and fmt(math.nan) == "—"
+
+
+def test_a_diverged_confirmation_seed_counts_as_not_solved(tmp_path):
+    """A seed whose loss went NaN is left out of the mean (it has no final value) but it did not solve the task:
+    'seeds solved' counts it (the adding study's gru2 read 0/2 for its 3 seeds)."""
+    import mlflow
+
+    from suite.report import build_report
+    from suite.report_synth import write_synthetic_sweep
+
+    made = write_synthetic_sweep(tmp_path, n_runs=20, n_cells=2, name="div")
+    client = mlflow.MlflowClient(made["tracking_uri"])
+    exp = client.get_experiment_by_name("div").experiment_id
+    cell = made["cells"][0]
+    victim = client.search_runs([exp], f"tags.cell = '{cell}' and tags.phase = 'confirm' and tags.seed = '2'")[0]
+    client.set_tag(victim.info.run_id, "failure.reason", "diverged: loss is nan at step 40")
+    client.set_tag(victim.info.run_id, "failure.step", "40")
+    client.set_terminated(victim.info.run_id, "FAILED")
+    build_report("div", tmp_path / "out", storage=made["storage"], tracking_uri=made["tracking_uri"])
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv").set_index("cell")
+    assert board.loc[cell, "n"] == 2 and board.loc[cell, "seeds_solved"].endswith("/3")
+    assert "1 diverged, counted as not solved" in board.loc[cell, "note"]
+    other = made["cells"][1]
+    assert board.loc[other, "n"] == 3 and board.loc[other, "seeds_solved"].endswith("/3")
