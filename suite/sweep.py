@@ -781,7 +781,7 @@ class Sweep:
         Returns the trial, or None after telling it FAIL (nothing was trained)."""
         from optuna.trial import TrialState
 
-        trial = study.ask(distributions(self.spec.search_for(cell))) if phase == PHASE_SEARCH else study.ask()
+        trial = study.ask(self._search_space(study, cell)) if phase == PHASE_SEARCH else study.ask()
         # first thing after `ask`: a trial without its worker can only be reaped after NO_WORKER_GRACE
         trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
         trial.set_user_attr("worker_id", _process_id(os.getpid()))
@@ -795,6 +795,17 @@ class Sweep:
                 study.tell(trial, state=TrialState.FAIL)  # raced past the queue: no training was done
                 return None
         return trial
+
+    def _search_space(self, study, cell: str) -> dict:
+        """The cell's distributions; where its study already holds trials of another distribution for a key (a
+        sweep begun before refused choice values were left out), that one: Optuna refuses to change a categorical
+        space within a study, and the sweep must resume."""
+        space = distributions(self.spec.search_for(cell))
+        for t in study.get_trials(deepcopy=False):
+            for key, dist in t.distributions.items():
+                if key in space and dist != space[key]:
+                    space[key] = dist
+        return space
 
     def _trial_params(self, trial, phase: str) -> tuple[dict, int]:
         if phase == PHASE_SEARCH:

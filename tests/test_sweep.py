@@ -208,6 +208,27 @@ def test_choice_values_a_cell_refuses_are_left_out_of_its_space_not_crashed_on(t
     assert "search.left_out" not in study_runs["gru"].data.tags
 
 
+def test_a_study_begun_with_the_full_space_resumes_with_it(tmp_path):
+    """A sweep started before refused values were left out has trials over the file's whole choice; Optuna
+    refuses to change a categorical space within a study, so the resumed sweep asks with the study's own."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from suite.sweep import Sweep
+
+    spec = dict(TINY, cells=["gru2"], search={"optim.lr": TINY["search"]["optim.lr"],
+                                              "model.chrono_init": {"type": "choice", "values": [False, True]}})
+    storage, tracking = stores(tmp_path)
+    sweep = Sweep(load_sweep(write(tmp_path, spec)), storage, tracking)
+    study = sweep.study("gru2")
+    full = {"optim.lr": FloatDistribution(1e-3, 1e-1, log=True), "model.chrono_init": CategoricalDistribution(
+        [False, True])}
+    study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.01, "model.chrono_init": False}, value=0.1,
+                                              distributions=full))
+    assert sweep._search_space(study, "gru2") == full
+    fresh = Sweep(load_sweep(write(tmp_path, dict(spec, name="fresh"))), storage, tracking)
+    assert fresh._search_space(fresh.study("gru2"), "gru2")["model.chrono_init"] == CategoricalDistribution([False])
+
+
 def test_a_worker_whose_trials_all_crash_stops_instead_of_looping(tmp_path, monkeypatch):
     """Each crashed trial is retried and the sampler proposes new ones: a setup in which every trial crashes would
     loop for ever. The worker stops after CRASH_STREAK crashes in a row with one line naming the last one."""
