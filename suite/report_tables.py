@@ -212,11 +212,10 @@ def _solved(an: Analysis, cell: str) -> tuple[str, str]:
 def _diverged_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
     """Confirmation runs of `cell` whose loss went NaN/inf (their trial counts as finished and is not re-run;
     a crashed run, also FAILED, is re-run and so not counted here)."""
-    runs = an.data.runs
-    if not len(runs) or "tags.failure.reason" not in runs:
-        return runs.iloc[:0]
-    bad = runs[(runs["cell"] == cell) & (runs["phase"] == "confirm") & (runs["status"] == "FAILED")
-               & runs["tags.failure.reason"].fillna("").str.startswith("diverged")]
+    bad = _failed_confirmations(an, cell)
+    if not len(bad) or "tags.failure.reason" not in bad:
+        return bad.iloc[:0]
+    bad = bad[bad["tags.failure.reason"].fillna("").str.startswith("diverged")]
     ranks = set(an.confirmed.loc[an.confirmed["cell"] == cell, "rank"]) if len(an.confirmed) else set()
     return bad[bad["rank"].isin(ranks)] if ranks else bad  # the confirmed configuration's seeds only
 
@@ -268,11 +267,15 @@ def _finished(an: Analysis, cell: str) -> int:
                                            for t in an.data.trials[cell]["search"]))
 
 
-def _diverged_note(an: Analysis, cell: str) -> str:
+def _failed_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
     runs = an.data.runs
     if not len(runs):
-        return ""
-    bad = runs[(runs["cell"] == cell) & (runs["phase"] == "confirm") & (runs["status"] == "FAILED")]
+        return runs
+    return runs[(runs["cell"] == cell) & (runs["phase"] == "confirm") & (runs["status"] == "FAILED")]
+
+
+def _diverged_note(an: Analysis, cell: str) -> str:
+    bad = _failed_confirmations(an, cell)
     diverged = len(_diverged_confirmations(an, cell))
     if not len(bad):
         return ""
