@@ -55,6 +55,7 @@ class SuiteModule(pl.LightningModule):
         self.train_cfg = train
         self.steps_per_epoch = steps_per_epoch
         self._state = {"train": None, "val": None, "test": None}
+        self.validated_at: int | None = None  # optimizer step of the last validation
         self._totals: dict[str, dict] = {}
         self._grad_norm: Tensor | None = None
         self._lr: float | None = None  # the learning rate the current step's optimizer step uses
@@ -101,6 +102,8 @@ class SuiteModule(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         self._eval_end("val")
+        if not self.trainer.sanity_checking:
+            self.validated_at = self.trainer.global_step  # the end of a run validates only if this is behind
 
     def on_test_epoch_start(self):
         self._eval_start("test")

@@ -437,10 +437,9 @@ def _scalars(metrics) -> dict[str, float]:
 
 
 def _last_val_step(trainer) -> int | None:
-    for cb in trainer.checkpoint_callbacks:
-        if getattr(cb, "_last_global_step_saved", None) is not None:
-            return cb._last_global_step_saved
-    return None
+    """The optimizer step of the run's last validation (None: none yet). Not the checkpoint's last saved step:
+    a validation that did not beat the best saves nothing, and the run would validate its last step twice."""
+    return getattr(trainer.lightning_module, "validated_at", None)
 
 
 def _diag_batch(task, size: int):

@@ -440,3 +440,18 @@ def test_an_interrupt_during_an_import_lands_once_the_module_is_loaded(tmp_path,
         time.sleep(2.0)
     assert module.LOADED
     monkeypatch.delitem(sys.modules, "slow_to_import")
+
+
+def test_a_last_validation_that_is_not_the_best_is_not_run_twice(store):
+    # lr 1e-30 leaves the weights as they are: the validation at step 20 ties the one at step 10, so the
+    # checkpoint keeps step 10's. The run validated its last step already and must not validate it again.
+    cfg = config(store, ADDING, "gru", 20, **{"model.hidden_size": 8, "optim.lr": 1e-30, "train.val_every": 10,
+                                              "train.diag_every": 0})
+    result = run(cfg)
+    history = mlflow.MlflowClient(store["uri"]).get_metric_history(result.run_id, "val/loss")
+    assert [h.step for h in history] == [9, 19]
+    assert history[0].value == history[1].value  # a tie, so not a new best
+    # a run that stops between two validations is validated once at its end
+    cfg = config(store, ADDING, "gru", 15, **{"model.hidden_size": 8, "train.val_every": 10, "train.diag_every": 0})
+    history = mlflow.MlflowClient(store["uri"]).get_metric_history(run(cfg).run_id, "val/loss")
+    assert [h.step for h in history] == [9, 15]
