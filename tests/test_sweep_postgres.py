@@ -43,11 +43,21 @@ def _env(tmp_path: Path, **extra) -> dict:
 
 
 def _finished(storage: str, study_name: str) -> int:
+    """Finished trials of a study, -1 if it cannot be read now. Polled every 0.5 s: each call closes its own
+    connections (NullPool, then dispose). An engine per call left to the garbage collector kept its pooled
+    connection open, and a slow machine's polling filled PostgreSQL's 100 slots ("too many clients")."""
+    import sqlalchemy
+
+    rdb = None
     try:
-        study = optuna.load_study(study_name=study_name, storage=sqlalchemy_url(storage))
+        rdb = optuna.storages.RDBStorage(sqlalchemy_url(storage), engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
+        study = optuna.load_study(study_name=study_name, storage=rdb)
+        return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
     except Exception:  # not created yet, or the database is down right now
         return -1
-    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    finally:
+        if rdb is not None:
+            rdb.engine.dispose()
 
 
 def _wait_for(predicate, proc, timeout=300):
