@@ -4,6 +4,7 @@ restart, a tracking server away for 30 s). The servers are started here on 127.0
 they cannot start the tests fail (CI installs Debian's postgresql)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import sqlalchemy
 
 from servers import MlflowServer, postgres_cluster
 from suite.tracking import sqlalchemy_url
@@ -42,22 +44,26 @@ def _env(tmp_path: Path, **extra) -> dict:
     return env
 
 
-def _finished(storage: str, study_name: str) -> int:
-    """Finished trials of a study, -1 if it cannot be read now. Polled every 0.5 s: each call closes its own
-    connections (NullPool, then dispose). An engine per call left to the garbage collector kept its pooled
-    connection open, and a slow machine's polling filled PostgreSQL's 100 slots ("too many clients")."""
-    import sqlalchemy
-
-    rdb = None
+@contextlib.contextmanager
+def _polled_study(storage: str, study_name: str):
+    """The study, read through an engine that closes its connections when done (NullPool, then dispose). The
+    tests poll every 0.5 s: an engine per poll left to the garbage collector kept its pooled connection open,
+    and a slow machine's polling filled PostgreSQL's 100 slots ("too many clients")."""
+    rdb = optuna.storages.RDBStorage(sqlalchemy_url(storage), engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
     try:
-        rdb = optuna.storages.RDBStorage(sqlalchemy_url(storage), engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
-        study = optuna.load_study(study_name=study_name, storage=rdb)
-        return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+        yield optuna.load_study(study_name=study_name, storage=rdb)
+    finally:
+        rdb.engine.dispose()
+
+
+def _finished(storage: str, study_name: str) -> int:
+    """Finished trials of a study, -1 if it cannot be read now."""
+    try:
+        with _polled_study(storage, study_name) as study:
+            return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                       for t in study.trials)
     except Exception:  # not created yet, or the database is down right now
         return -1
-    finally:
-        if rdb is not None:
-            rdb.engine.dispose()
 
 
 def _wait_for(predicate, proc, timeout=300):
@@ -193,11 +199,11 @@ def test_a_sweep_rides_out_a_30_s_tracking_server_outage(services, tmp_path):
 
     def second_trial_training():
         try:
-            study = optuna.load_study(study_name="outage/adding/gru", storage=sqlalchemy_url(storage))
+            with _polled_study(storage, "outage/adding/gru") as study:
+                return any(t.state == optuna.trial.TrialState.RUNNING and t.number >= 1
+                           and "mlflow_run_id" in t.user_attrs for t in study.trials)
         except KeyError:
             return False
-        return any(t.state == optuna.trial.TrialState.RUNNING and t.number >= 1 and "mlflow_run_id" in t.user_attrs
-                   for t in study.trials)
 
     try:
         _wait_for(second_trial_training, proc)
