@@ -54,6 +54,8 @@ from .config import RunConfig, build_config, load_yaml
 from .lit import PrunedRun
 from .logger import interrupts_outside_database_code
 from .registry import SuiteError
+from .search import (DEFAULT_MARGIN, DESIGN_ATTR, DESIGN_KINDS, MarginPruner, default_points, design_points,
+                     distributions, first_point, make_sampler as _sampler_for, prune_rule)
 from .tracking import RetryingClient, first_line, mask
 
 GRACE = 180.0  # seconds without a heartbeat before a RUNNING trial of another host counts as lost
@@ -64,7 +66,7 @@ CRASH_STREAK = 10  # a worker whose last this-many trials all crashed stops (a b
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 SPEC_KEYS = ("name", "description", "task", "base", "cells", "budget", "search", "param_match", "sampler",
-             "pruner", "objective", "confirm", "pack")
+             "design", "pruner", "objective", "confirm", "pack")
 
 
 # ---------------------------------------------------------------------------------------------- the file
@@ -80,7 +82,12 @@ class SweepSpec:
     base: dict[str, Any] = field(default_factory=dict)  # run-config sections fixed for every trial
     param_match: int = 0  # solve hidden_size so the recurrent layers have this many parameters (±10%)
     sampler: dict = field(default_factory=lambda: {"name": "tpe", "seed": 0})
-    pruner: dict = field(default_factory=lambda: {"name": "median", "warmup_steps": 0, "startup_trials": 2})
+    # the shared initial design (suite.search): kind sobol, lhs or none; points resolved at load (default: a
+    # third of the budget, at least 2)
+    design: dict = field(default_factory=lambda: {"kind": "none", "points": 0})
+    # warmup_steps None: a quarter of the run's steps; margin: how far behind the median a trial must be
+    pruner: dict = field(default_factory=lambda: {"name": "median", "warmup_steps": None, "startup_trials": 2,
+                                                  "margin": DEFAULT_MARGIN})
     metric: str = ""  # objective, e.g. "val/mse"; "" = the task's default
     direction: str = ""
     top_k: int = 1
@@ -103,6 +110,36 @@ class SweepSpec:
     def refusal_notes(self) -> list[str]:
         return [f"{cell} does not take {key}={_yaml_value(v)} ({why}); its search leaves that value out"
                 for cell, keys in self.refused.items() for key, values in keys.items() for v, why in values]
+
+    def design_for(self, cell: str) -> list[tuple[int, dict[str, Any]]]:
+        """The shared design points `cell` trains, with their indices: every point but those holding a choice
+        value the cell refuses (noted by :meth:`design_notes`)."""
+        space = self.search_for(cell)
+        return [(i, point) for i, point in enumerate(self.design_points)
+                if all(v in space[k]["values"] for k, v in point.items() if space[k]["type"] == "choice")]
+
+    @property
+    def design_points(self) -> list[dict[str, Any]]:
+        if not hasattr(self, "_design"):
+            self._design = design_points(self.search, self.design, self.sampler.get("seed", 0))
+        return self._design
+
+    def design_notes(self) -> list[str]:
+        notes = []
+        for cell in self.cells:
+            kept = {i for i, _ in self.design_for(cell)}
+            skipped = [str(i) for i in range(len(self.design_points)) if i not in kept]
+            if skipped:
+                notes.append(f"{cell} skips shared design point(s) {', '.join(skipped)} (a value it does not take); "
+                             "its sampler proposes those trials instead")
+        return notes
+
+    @property
+    def warmup(self) -> int | None:
+        """The pruner's warm-up in steps: the file's, else a quarter of a steps budget (None for an epochs
+        budget: a quarter of the run's steps, known when it starts)."""
+        w = self.pruner.get("warmup_steps")
+        return w if w is not None else (self.steps // 4 if self.steps else None)
 
     def study_name(self, cell: str, phase: str = PHASE_SEARCH) -> str:
         base = f"{self.name}/{self.task_label}/{cell}"
@@ -165,9 +202,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec.param_match = pm
     spec.sampler = _check_choice_block(path, "sampler", data.get("sampler"), {"name": "tpe", "seed": 0},
                                        ("tpe", "random"), {"seed"})
-    spec.pruner = _check_choice_block(path, "pruner", data.get("pruner"),
-                                      {"name": "median", "warmup_steps": 0, "startup_trials": 2},
-                                      ("median", "hyperband", "none"), {"warmup_steps", "startup_trials"})
+    spec.design = _check_design(path, data.get("design"), trials, spec.search)
+    spec.pruner = _check_pruner(path, data.get("pruner"))
     confirm = data.get("confirm") or {}
     _need(isinstance(confirm, dict), f"{path}: confirm must be a mapping with top_k and seeds")
     bad = sorted(set(confirm) - {"top_k", "seeds"}, key=str)
@@ -240,7 +276,7 @@ def check_pack(value, where: str = "pack") -> int:
     return value
 
 
-def _check_choice_block(path, key, block, default, names, extra):
+def _check_choice_block(path, key, block, default, names, extra, floats=frozenset()):
     block = default if block is None else block
     _need(isinstance(block, dict), f"{path}: {key} must be a mapping with a name, got {block!r}")
     merged = {**default, **block}
@@ -251,8 +287,41 @@ def _check_choice_block(path, key, block, default, names, extra):
           f"{path}: {key}.name={merged['name']!r}; choose one of: {', '.join(names)}")
     for k in extra:
         v = merged.get(k, 0)
-        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-              f"{path}: {key}.{k} must be a non-negative integer, got {v!r}")
+        if k in floats:
+            _need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                  f"{path}: {key}.{k} must be a non-negative number, got {v!r}")
+        else:
+            _need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                  f"{path}: {key}.{k} must be a non-negative integer, got {v!r}")
+    return merged
+
+
+def _check_design(path, block, trials: int, search: dict) -> dict:
+    """``design: {kind: sobol|lhs|none, points: k}``; k defaults to a third of the budget (at least 2)."""
+    block = {} if block is None else block
+    _need(isinstance(block, dict), f"{path}: design must be a mapping with kind and points, got {block!r}")
+    bad = sorted(set(block) - {"kind", "points"}, key=str)
+    _need(not bad, f"{path}: unknown design key {bad[0]!r}; accepted: kind, points" if bad else "")
+    kind = block.get("kind", "sobol")
+    _need(kind in DESIGN_KINDS, f"{path}: design.kind={kind!r}; choose one of: {', '.join(DESIGN_KINDS)}")
+    points = block.get("points", default_points(trials))
+    _need(isinstance(points, int) and not isinstance(points, bool) and 0 <= points <= trials,
+          f"{path}: design.points must be an integer in [0, budget.trials={trials}], got {points!r}")
+    if kind == "none" or not search:  # nothing to spread over: every trial is the same configuration
+        return {"kind": "none", "points": 0}
+    return {"kind": kind, "points": points}
+
+
+def _check_pruner(path, block) -> dict:
+    default = {"name": "median", "warmup_steps": None, "startup_trials": 2, "margin": DEFAULT_MARGIN}
+    if isinstance(block, dict) and "warmup_steps" in block and block["warmup_steps"] is None:
+        block = {k: v for k, v in block.items() if k != "warmup_steps"}  # null: the default
+    warmup_given = isinstance(block, dict) and "warmup_steps" in block
+    merged = _check_choice_block(path, "pruner", block, {**default, "warmup_steps": 0},
+                                 ("median", "hyperband", "none"), {"warmup_steps", "startup_trials", "margin"},
+                                 floats={"margin"})
+    if not warmup_given:
+        merged["warmup_steps"] = None  # a quarter of the run's steps (SweepSpec.warmup)
     return merged
 
 
@@ -317,10 +386,6 @@ def _resolve_task(spec: SweepSpec, path) -> None:
         spec.task = {"task": dict(task)}
     else:
         raise SuiteError(f"{path}: task must be a task name, a named setting, a tasks/ file or a mapping with name")
-
-
-def first_point(search: dict[str, dict]) -> dict[str, Any]:
-    return {k: (d["values"][0] if d["type"] == "choice" else d["low"]) for k, d in search.items()}
 
 
 # ---------------------------------------------------------------------------------------------- trial -> config
@@ -389,31 +454,11 @@ def build_task_and_model(cfg: RunConfig):
 
 
 # ---------------------------------------------------------------------------------------------- Optuna objects
-def distributions(search: dict[str, dict]) -> dict:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out = {}
-    for key, d in search.items():
-        if d["type"] == "choice":
-            out[key] = CategoricalDistribution(d["values"])
-        elif d["type"] == "int":
-            out[key] = IntDistribution(d["low"], d["high"], log=bool(d.get("log", False)))
-        else:
-            out[key] = FloatDistribution(d["low"], d["high"], log=d["type"] == "loguniform"
-                                         or bool(d.get("log", False)))
-    return out
-
-
 def make_sampler(spec: SweepSpec):
-    import optuna
-
-    seed = spec.sampler.get("seed", 0)
-    if spec.sampler["name"] == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # Set explicitly: Optuna 5 changed TPE's defaults. Multivariate TPE with constant liar (so parallel
-    # workers do not all sample the same point); random start-up for a third of the budget, at least 2.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                      n_startup_trials=max(2, spec.trials // 3))
+    """The sweep's sampler (suite.search.make_sampler): TPE starts modelling after the shared design's points,
+    or after a third of the budget (at least 2) of random ones where there is no design."""
+    startup = spec.design["points"] or max(2, spec.trials // 3)
+    return _sampler_for(spec.sampler["name"], spec.sampler.get("seed", 0), startup)
 
 
 def make_pruner(spec: SweepSpec):
@@ -423,10 +468,20 @@ def make_pruner(spec: SweepSpec):
     if p["name"] == "none":
         return optuna.pruners.NopPruner()
     if p["name"] == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.get("warmup_steps", 0) or 1),
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup or 1),
                                               max_resource=spec.steps or "auto")
-    return optuna.pruners.MedianPruner(n_startup_trials=p.get("startup_trials", 2),
-                                       n_warmup_steps=p.get("warmup_steps", 0))
+    # the warm-up is applied by the callbacks (OptunaPruning, _PackPruning), which know an epochs run's length
+    return MarginPruner(startup=p.get("startup_trials", 2), warmup=0, margin=p.get("margin", DEFAULT_MARGIN))
+
+
+def pruning_rule(spec: SweepSpec, metric: str, direction: str) -> str:
+    p = spec.pruner
+    if p["name"] == "none":
+        return "no pruning: every search trial trains its whole budget"
+    warmup = spec.warmup if spec.warmup is not None else "a quarter of the run's steps"
+    if p["name"] == "hyperband":
+        return f"Optuna's Hyperband pruner, from {warmup} steps to the budget"
+    return prune_rule(metric, direction, warmup, p.get("margin", DEFAULT_MARGIN), p.get("startup_trials", 2))
 
 
 class Sweep:
@@ -526,6 +581,7 @@ class Sweep:
             params = {"trials_per_cell": self.spec.trials, "steps": self.spec.steps, "epochs": self.spec.epochs,
                       "cells": ",".join(self.spec.cells), "metric": self.metric, "direction": self.direction,
                       "sampler": json.dumps(self.spec.sampler), "pruner": json.dumps(self.spec.pruner),
+                      "design": json.dumps(self.spec.design),
                       "param_match": self.spec.param_match, "confirm.top_k": self.spec.top_k,
                       "confirm.seeds": ",".join(map(str, self.spec.seeds)),
                       "search": json.dumps(self.spec.search)[:6000], "storage": mask(self.storage_url)}
@@ -542,6 +598,37 @@ class Sweep:
                         for v, _ in values]
             if left_out:  # the study's own space, as its MLflow run shows it
                 self.client.set_tag(rid, "search.left_out", ", ".join(left_out))
+            self._study_params(cell, rid)
+            self.enqueue_design(cell)
+
+    def _study_params(self, cell: str, rid: str) -> None:
+        """The search rules on the study's own run: the pruning rule in words and the shared design points."""
+        from mlflow.entities import Param
+
+        have = self.client.get_run(rid).data.params
+        kept = [i for i, _ in self.spec.design_for(cell)]
+        params = {"pruner.rule": pruning_rule(self.spec, self.metric, self.direction)[:6000],
+                  "design.kind": self.spec.design["kind"], "design.points": len(self.spec.design_points),
+                  "design.trained": ",".join(map(str, kept)) or "none"}
+        params = {k: str(v) for k, v in params.items() if k not in have}
+        if params:
+            self.client.log_batch(rid, params=[Param(k, v) for k, v in params.items()])
+
+    def enqueue_design(self, cell: str) -> int:
+        """Enqueue the shared design points `cell` takes, once: into a study that holds no trial yet, or only
+        design trials (a sweep killed while enqueueing). A study begun without a design (or with another one)
+        resumes as it began. Returns how many were enqueued."""
+        study = self.study(cell)
+        trials = study.get_trials(deepcopy=False)
+        if any(DESIGN_ATTR not in t.user_attrs for t in trials):
+            return 0
+        present = {t.user_attrs[DESIGN_ATTR] for t in trials}
+        n = 0
+        for i, point in self.spec.design_for(cell):
+            if i not in present:
+                study.enqueue_trial(point, user_attrs={DESIGN_ATTR: i}, skip_if_exists=False)
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ counting
     def counts(self, cell: str, phase: str = PHASE_SEARCH) -> dict[str, int]:
@@ -633,7 +720,8 @@ class Sweep:
         tries = int(t.user_attrs.get("retries", 0)) + (0 if lost else 1)
         if tries > MAX_RETRIES:
             return
-        attrs = {k: v for k, v in t.user_attrs.items() if k in ("config", "seed", "rank", "source_trial")}
+        attrs = {k: v for k, v in t.user_attrs.items() if k in ("config", "seed", "rank", "source_trial",
+                                                                DESIGN_ATTR)}
         attrs.update(retries=tries, retry_of=t.number)
         study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
 
@@ -787,7 +875,7 @@ class Sweep:
         trial.set_user_attr("worker_id", _process_id(os.getpid()))
         trial.set_user_attr("heartbeat", time.time())
         if phase == PHASE_SEARCH:
-            if not self._within_budget(study, trial):
+            if not self._within_budget(study, trial) or self._duplicate_design(study, trial):
                 study.tell(trial, state=TrialState.FAIL)
                 return None
         else:
@@ -960,7 +1048,7 @@ class Sweep:
             members.append(Member(
                 cfg, tags=tags, parent_run_id=self.study_run(cell), monitor=self.metric,
                 on_start=partial(trial.set_user_attr, "mlflow_run_id"),
-                should_prune=_PackPruning(trial, self.spec.pruner.get("warmup_steps", 0))
+                should_prune=_PackPruning(trial, self.spec.warmup or cfg.train.steps // 4)
                 if phase == PHASE_SEARCH else None,
                 on_end=partial(self._member_ended, study, trial, phase, open_)))
         try:
@@ -994,6 +1082,20 @@ class Sweep:
         if not ok:
             trial.set_user_attr("fail_reason", "budget already taken by another worker; not trained")
         return ok
+
+    def _duplicate_design(self, study, trial) -> bool:
+        """A design point enqueued twice (two machines started the same sweep at the same moment) trains once."""
+        from optuna.trial import TrialState
+
+        point = trial.user_attrs.get(DESIGN_ATTR)
+        if point is None:
+            return False
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                          TrialState.RUNNING)):
+            if t.number < trial.number and t.user_attrs.get(DESIGN_ATTR) == point:
+                trial.set_user_attr("fail_reason", "duplicate design point; not trained")
+                return True
+        return False
 
     def _duplicate_confirm(self, study, trial) -> bool:
         from optuna.trial import TrialState
@@ -1034,7 +1136,7 @@ class Sweep:
         trial.set_user_attr("hidden_size", cfg.model.hidden_size)
         callbacks = [_RecordRunId(trial)]
         if phase == PHASE_SEARCH:
-            callbacks.append(OptunaPruning(trial, self.metric, self.spec.pruner.get("warmup_steps", 0)))
+            callbacks.append(OptunaPruning(trial, self.metric, self.spec.warmup))
         result = run(cfg, tags=tags, callbacks=callbacks, parent_run_id=self.study_run(cell))
         trial.set_user_attr("mlflow_run_id", result.run_id)
         value = result.metrics.get(self.metric)
@@ -1194,8 +1296,12 @@ class OptunaPruning(pl.Callback):
     """Reports the objective at each validation of the fit and prunes (as optuna-integration's callback, but a
     pruned trial ends its MLflow run FINISHED with pruned.* tags instead of as an error)."""
 
-    def __init__(self, trial, monitor: str, warmup_steps: int = 0):
+    def __init__(self, trial, monitor: str, warmup_steps: int | None = 0):
         self.trial, self.monitor, self.warmup = trial, monitor, warmup_steps
+
+    def on_fit_start(self, trainer, module):
+        if self.warmup is None:  # an epochs budget: a quarter of this run's steps
+            self.warmup = int(trainer.estimated_stepping_batches) // 4
 
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -1243,7 +1349,7 @@ def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers:
         sweep.work()
         return 0
     sweep.prepare()
-    for note in spec.refusal_notes():
+    for note in spec.refusal_notes() + spec.design_notes():
         print(f"rnnsuite: note: {note}", file=sys.stderr, flush=True)
     if sweep.done():
         sweep.finish()

@@ -64,6 +64,7 @@ def assert_exact(storage, tracking, spec, cells_=None):
         finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
         assert finished == spec["budget"]["trials"], (cell, states)
         assert TrialState.RUNNING not in states
+        assert_search_distinct(study.trials, spec, cell)
         confirm = optuna.load_study(study_name=name + "/confirm", storage=store)
         keys = [(t.user_attrs["rank"], t.user_attrs["seed"]) for t in confirm.trials
                 if t.state == TrialState.COMPLETE]
@@ -74,6 +75,33 @@ def assert_exact(storage, tracking, spec, cells_=None):
         numbers = [r.data.tags["trial"] for r in trial_runs]
         assert len(numbers) == len(set(numbers)) == finished
     return runs
+
+
+def assert_search_distinct(trials, spec, cell: str) -> None:
+    """No two finished search trials of a study hold the same configuration (whatever mix of workers, packs, kills
+    and resumes ran them: a retried configuration's first try is FAIL), and the trials of the shared design hold
+    exactly the design's points, the same in every cell."""
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # what the sampler proposed and the design's points (a test's hand-enqueued repeats and the retries of a lost
+    # configuration repeat on purpose); over a space with a continuous dimension, where a repeat is no accident
+    proposed = [t for t in finished if "fixed_params" not in t.system_attrs or "design_point" in t.user_attrs]
+    configs = [tuple(sorted(t.params.items())) for t in proposed]
+    if any(d["type"] != "choice" for d in spec.get("search", {}).values()):
+        assert len(configs) == len(set(configs)), configs
+    design = {t.user_attrs["design_point"]: t.params for t in finished if "design_point" in t.user_attrs}
+    first = min(trials, key=lambda t: t.number, default=None)
+    if first is not None and "design_point" not in first.user_attrs:  # a study begun without the design
+        assert design == {}
+        return
+    points = dict(load_sweep_from_dict(spec).design_for(cell))
+    assert design == points, (design, points)
+
+
+def load_sweep_from_dict(spec):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_sweep(write(Path(tmp), spec))
 
 
 def test_equal_budgets_and_nested_runs(tmp_path):
