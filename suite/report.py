@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .registry import SuiteError
 from .report_data import SweepData, load, sweep_name
+from .report_design import design_figure, design_table
 from .report_figures import all_figures
 from .report_render import Box, Code, Document, FigureBlock, Heading, Items, Para, TableBlock, to_html, to_markdown
 from .report_stats import ALPHA, TESTS
@@ -41,6 +42,7 @@ CSV_HELP = {
     "gates": "gate saturation and mean per cell, layer and gate, before and after training",
     "importance": "hyperparameter importance per cell",
     "fairness": "trials, runs, steps and training time per cell",
+    "design": "each cell's search result at the shared design points (the same configurations in every cell)",
 }
 
 
@@ -77,7 +79,10 @@ def build_report(name: str, out: Path, *, storage: str | None = None, tracking_u
     when known, for the reproduction command."""
     data = load(name, storage, tracking_uri)  # the stores are checked before anything is written
     an = analyse(data, reference, test)  # so is --reference
-    figures = all_figures(an)
+    design = design_table(an)
+    if design is not None:
+        an.tables["design"] = design
+    figures = {**all_figures(an), "design": design_figure(an)}
     doc = document(an, figures, command, sweep_file)
     written = write(out, doc, an, figures)
     parent_id = data.parent.info.run_id
@@ -103,7 +108,8 @@ def _log(data: SweepData, files: list[Path], run_id: str) -> None:
 def write(out: Path, doc: Document, an: Analysis, figures: dict) -> list[Path]:
     """index.html, report.md, the PNGs beside them and one CSV per table; stale files of an older report go."""
     out.mkdir(parents=True, exist_ok=True)
-    known = {f"{n}.png" for n in ("learning_curves", "gradient_flow", "gate_use", "importance", "tuning")}
+    known = {f"{n}.png" for n in ("learning_curves", "gradient_flow", "gate_use", "importance", "tuning",
+                                  "design")}
     for stale in known:
         (out / stale).unlink(missing_ok=True)
     written = []
@@ -339,6 +345,26 @@ def _tuning_section(doc: Document, an: Analysis, figures: dict) -> None:
         doc.add(TableBlock(an.tables["importance"], "Importance normalised to sum to 1 per cell."))
         _figure_or(doc, figures["importance"], "")
     _figure_or(doc, figures["tuning"], "No search trial has finished yet.")
+    _design_section(doc, an, figures)
+
+
+def _design_section(doc: Document, an: Analysis, figures: dict) -> None:
+    design = an.data.spec.get("design") or {}
+    doc.add(Heading("Robustness at the shared design points", 3))
+    if "design" not in an.tables:
+        doc.add(Para("This sweep had no shared initial design (design.kind none, or a sweep begun before designs): "
+                     "every cell's search started from its own sampler.", "note"))
+        return
+    doc.add(Para(f"The first search trials of every cell were the same {design.get('points', '')} configurations "
+                 f"of one scrambled {'Sobol' if design.get('kind') == 'sobol' else 'Latin hypercube'} design over "
+                 "the search space (seeded by the sweep's sampler seed), one seed each, before the sampler took "
+                 "over. Compared at the same settings, a cell that solves the task at more of them is easier to tune; "
+                 "one seed per point, so a single cell at a single point is noisy."),
+            TableBlock(an.tables["design"], f"Search {an.metric} per cell at each shared point; ✓: solved on "
+                                            "validation; —: the cell skipped the point (a value it does not take) "
+                                            "or has not run it yet."))
+    if figures.get("design") is not None:
+        doc.add(FigureBlock(figures["design"]))
 
 
 def _fairness_section(doc: Document, an: Analysis, command: str, sweep_file: str | None) -> None:

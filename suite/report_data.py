@@ -133,7 +133,7 @@ def parse_spec(parent, run_cells: list[str]) -> dict:
             "epochs": int(p.get("epochs", 0) or 0), "top_k": int(p.get("confirm.top_k", 1) or 1),
             "seeds": seeds, "param_match": int(p.get("param_match", 0) or 0), "storage": p.get("storage", ""),
             "task": parent.data.tags.get("task", ""), "description": parent.data.tags.get("description", "")}
-    for key in ("search", "sampler", "pruner"):
+    for key in ("search", "sampler", "pruner", "design"):
         try:
             spec[key] = json.loads(p.get(key, "{}"))
         except ValueError:

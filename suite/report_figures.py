@@ -27,7 +27,7 @@ class Figure:
     data: str  # the CSV that holds its numbers
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,10 +57,10 @@ def _shared_legend(fig, axes) -> None:
         fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), 11), frameon=False)
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -92,7 +92,7 @@ def learning_curves(an: Analysis) -> Figure | None:
     keys = [k for k in keys if (frame["key"] == k).any()]
     if not keys:
         return None
-    plt = _plt()
+    plt = pyplot()
     colors = _colors(an.cells)
     fig, axes = plt.subplots(1, len(keys), figsize=(6.4 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -108,7 +108,7 @@ def learning_curves(an: Analysis) -> Figure | None:
         ax.set_ylabel(label(key))
         ax.set_title(f"{label(key)} during training (confirmed configuration)")
         ax.legend(loc="best")
-    return Figure("learning_curves.png", _png(fig),
+    return Figure("learning_curves.png", png_bytes(fig),
                   f"Learning curves: {', '.join(label(k) for k in keys)} against training steps; line: mean over the "
                   "seeds of each cell's confirmed configuration, band: their range (lowest to highest seed); dashed: "
                   "the task's baseline.", "learning curves per cell", "curves.csv")
@@ -123,7 +123,7 @@ def gradient_flow(an: Analysis) -> Figure | None:
     norms = norms[norms["key"] == "train/grad_norm"] if len(norms) else norms
     if prof.empty and norms.empty:
         return None
-    plt = _plt()
+    plt = pyplot()
     colors = _colors(an.cells)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, when in zip(axes[:2], ("start", "end")):
@@ -134,7 +134,7 @@ def gradient_flow(an: Analysis) -> Figure | None:
     axes[2].set_ylabel("global gradient norm (before clipping)")
     axes[2].set_title("train/grad_norm, mean over seeds")
     _shared_legend(fig, axes)
-    return Figure("gradient_flow.png", _png(fig),
+    return Figure("gradient_flow.png", png_bytes(fig),
                   "Gradient flow (Arjovsky et al. 2016 plot the same): left and middle, ‖∂L/∂h_t‖ for every time "
                   "step t of the diagnostic batch before and after training, log scale, mean over seeds; a line that "
                   "falls towards t = 0 is a vanishing gradient. Right: the global gradient norm over training.",
@@ -166,7 +166,7 @@ def gate_use(an: Analysis) -> Figure | None:
     raw = an.tables["gates"].raw
     if raw.empty:
         return None
-    plt = _plt()
+    plt = pyplot()
     crowded = max(len(c) for c in raw["cell"]) > 7  # long names (gru_reset_before) overlap their neighbours
     sep = " " if crowded else "\n"  # rotated labels on one line each
     labels = [f"{r.cell}{sep}{r.gate}{'*' if r.keep_gate else ''}" + (f" {r.layer}" if r.layer != "l0" else "")
@@ -184,7 +184,7 @@ def gate_use(an: Analysis) -> Figure | None:
     ax.set_ylabel("fraction of activations < 0.1 or > 0.9")
     ax.set_title("gate saturation per gate (* = the gate that keeps the state)")
     ax.legend(loc="upper left")
-    return Figure("gate_use.png", _png(fig),
+    return Figure("gate_use.png", png_bytes(fig),
                   "Gate use: the fraction of gate activations that are saturated (< 0.1 or > 0.9) on the diagnostic "
                   "batch, before training (grey) and at the end (colour), mean over seeds; * marks the gate that keeps "
                   "the state (GRU z, sgru Γu, LSTM f). Dotted: one half.", "gate saturation bars", "gates.csv")
@@ -197,14 +197,14 @@ def tuning(an: Analysis) -> Figure | None:
     trials = an.tables["trials"].raw
     if trials.empty:
         return None
-    plt = _plt()
+    plt = pyplot()
     colors = _colors(an.cells)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     _trial_distribution(axes[0], an, trials, colors)
     _search_progress(axes[1], an, trials, colors)
     _params_panel(axes[2], an, an.tables["runs"].raw, colors)
     _shared_legend(fig, axes)
-    return Figure("tuning.png", _png(fig),
+    return Figure("tuning.png", png_bytes(fig),
                   f"Tuning. Left: {label(an.metric)} of every completed search trial per cell (box: quartiles; "
                   "dots: trials) — a narrow box is a cell robust to its hyperparameters (Greff et al. 2017). Middle: "
                   "the best value found against the trial number. Right: parameter count against the final value of "
@@ -257,7 +257,7 @@ def importance_figure(an: Analysis) -> Figure | None:
     raw = an.tables["importance"].raw
     if raw.empty:
         return None
-    plt = _plt()
+    plt = pyplot()
     colors = _colors(an.cells)
     params = sorted(raw["param"].unique())
     cells = [c for c in an.cells if (raw["cell"] == c).any()]
@@ -271,7 +271,7 @@ def importance_figure(an: Analysis) -> Figure | None:
     ax.set_xlabel(f"importance ({an.evaluator.split(' (')[0]}, normalised to sum 1 per cell)")
     ax.set_title("hyperparameter importance per cell")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the bars, never over them
-    return Figure("importance.png", _png(fig),
+    return Figure("importance.png", png_bytes(fig),
                   f"Hyperparameter importance per cell over its completed search trials, by {an.evaluator}.",
                   "hyperparameter importance bars", "importance.csv")
 

@@ -38,8 +38,9 @@ SPEC = {
     "pruner": {"name": "none"},
     "confirm": {"top_k": 1, "seeds": 2},
 }
-PNGS = ("learning_curves.png", "gradient_flow.png", "gate_use.png", "tuning.png")
-CSVS = ("leaderboard", "significance", "runs", "trials", "curves", "grad_profile", "gates", "importance", "fairness")
+PNGS = ("learning_curves.png", "gradient_flow.png", "gate_use.png", "tuning.png", "design.png")
+CSVS = ("leaderboard", "significance", "runs", "trials", "curves", "grad_profile", "gates", "importance", "fairness",
+        "design")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
@@ -256,6 +257,31 @@ def test_numbers_agree_with_the_csvs(report):
     best = board.iloc[0]
     assert f"{best['cell']} is best" in summary
     assert f"{fmt(best['test_mse_mean'])} ± {fmt(best['test_mse_ci95'])}" in summary
+
+
+def test_the_cells_are_compared_at_the_shared_design_points(report):
+    """Every cell's first trials are the design's points (3 trials: 2 points), the same configuration in every cell;
+    the page's table shows each cell's value there, and how many points each solved, as the CSV says."""
+    out = report["out"]
+    design = pd.read_csv(out / "design.csv")
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(design["point"].unique()) == [0, 1]
+    for point, rows in design.groupby("point"):
+        assert sorted(rows["cell"]) == ["gru", "lstm", "sgru"]
+        assert rows["param.optim.lr"].nunique() == 1  # the same configuration in every cell
+        for _, r in rows.iterrows():  # ... and the value that trial got in its own study
+            t = trials[(trials["cell"] == r["cell"]) & (trials["trial"] == r["trial"])].iloc[0]
+            assert t["value"] == pytest.approx(r["value"], rel=1e-12)
+    lrs = sorted(design.drop_duplicates("point")["param.optim.lr"])
+    assert lrs[1] / lrs[0] > 3  # spread over the 1e-3..1e-1 range, not two neighbours
+    shown = as_dicts(html_tables(report["html"]).tables["table-design"])
+    by_point = {r["point"]: r for r in shown}
+    for _, r in design.iterrows():
+        assert close(by_point[str(r["point"])][r["cell"]].split(" ")[0], r["value"])
+        assert by_point[str(r["point"])][r["cell"]].endswith("✓") == bool(r["solved"] is True or r["solved"] == 1)
+    solved = by_point["solved"]
+    for cell, rows in design.groupby("cell"):
+        assert solved[cell] == f"{int(rows['solved'].fillna(False).astype(bool).sum())}/{len(rows)}"
 
 
 def test_report_is_logged_to_the_sweep_parent_run(report):
