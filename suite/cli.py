@@ -107,7 +107,12 @@ def _task_layer(task: str) -> dict:
         return load_yaml(task)
     if task in tasks.setting_paths():
         return tasks.load_settings(task)
-    tasks.TASKS.get(task)  # raises the unknown-task error listing the valid names
+    if task not in tasks.TASKS:
+        from .registry import SuiteError, did_you_mean
+
+        settings = list(tasks.setting_paths())
+        raise SuiteError(f"unknown task {task!r}{did_you_mean(task, [*tasks.TASKS.names(), *settings])}; tasks: "
+                         f"{', '.join(tasks.TASKS.names())}; named settings: {', '.join(settings)} (or a YAML path)")
     return {"task": {"name": task}}
 
 

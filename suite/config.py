@@ -15,7 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .registry import SuiteError
+from .registry import SuiteError, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "warmup")
@@ -122,8 +122,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except FileNotFoundError:
         raise SuiteError(f"config file {str(p)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SuiteError(f"cannot read {str(p)!r}: {exc.__class__.__name__}: {exc}") from None
+    except IsADirectoryError:
+        raise SuiteError(f"cannot read {str(p)!r}: it is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"cannot read {str(p)!r}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+                         f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise SuiteError(f"cannot read {str(p)!r}: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -167,15 +172,16 @@ def build_config(*layers: dict[str, Any], overrides: dict[str, Any] | None = Non
             if section == "description":
                 continue
             if section not in SECTIONS:
-                raise SuiteError(f"unknown config section {section!r}; accepted: {', '.join(SECTIONS)}")
+                raise SuiteError(f"unknown config section {section!r}{did_you_mean(section, SECTIONS)}; accepted: "
+                                 f"{', '.join(SECTIONS)}")
             if not isinstance(values, dict):
                 raise SuiteError(f"config section {section!r} must be a mapping, not {type(values).__name__}")
             merged.setdefault(section, {}).update(values)
     for key, value in (overrides or {}).items():
         section, _, name = key.partition(".")
         if section not in SECTIONS or not name:
-            raise SuiteError(f"unknown config key {key!r}; keys look like section.name with section one of "
-                             f"{', '.join(SECTIONS)}")
+            raise SuiteError(f"unknown config key {key!r}{did_you_mean(section, SECTIONS) if name else ''}; keys "
+                             f"look like section.name with section one of {', '.join(SECTIONS)}")
         merged.setdefault(section, {})[name] = value
     cfg = RunConfig()
     for section, values in merged.items():
@@ -197,7 +203,8 @@ def _build_section(section: str, values: dict[str, Any]):
         elif section in EXTRA:
             extra[name] = value  # checked by the task / cell registry in validate()
         else:
-            raise SuiteError(f"unknown config key {key!r}; accepted: {', '.join(sorted(known))}")
+            hint = did_you_mean(key, [f"{section}.{k}" for k in known])
+            raise SuiteError(f"unknown config key {key!r}{hint}; accepted: {', '.join(sorted(known))}")
     if section in EXTRA:
         kwargs[EXTRA[section]] = extra
     return cls(**kwargs)
@@ -307,5 +314,6 @@ def find_sweep_file(name_or_path: str | Path) -> Path:
     shipped = SWEEPS_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
     if shipped.is_file() and (len(p.parts) == 1 or p.parent.name == "sweeps"):
         return shipped
-    names = ", ".join(Path(k).stem for k in shipped_sweeps())
-    raise SuiteError(f"sweep file {str(p)!r} does not exist; shipped sweeps: {names}")
+    names = [Path(k).stem for k in shipped_sweeps()]
+    raise SuiteError(f"sweep file {str(p)!r} does not exist{did_you_mean(p.stem, names)}; shipped sweeps: "
+                     f"{', '.join(names)}")

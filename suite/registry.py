@@ -16,6 +16,12 @@ class SuiteError(ValueError):
     """A user-facing error: the CLI prints its message as one line and exits 2, without a traceback."""
 
 
+def did_you_mean(name, options) -> str:
+    """`` (did you mean 'x'?)`` for the closest of `options` to a mistyped `name`, or an empty string."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -51,8 +57,5 @@ class Registry:
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            close = difflib.get_close_matches(str(name), self._entries, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SuiteError(
-                f"unknown {self.kind} {name!r}{hint}; valid {self.kind}s: {', '.join(self._entries)}"
-            ) from None
+            raise SuiteError(f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; valid "
+                             f"{self.kind}s: {', '.join(self._entries)}") from None

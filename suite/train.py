@@ -61,6 +61,8 @@ def build_task(cfg: RunConfig):
     try:
         return tasks.build(cfg.task.name, **cfg.task.options)
     except (TypeError, ValueError, OverflowError) as exc:  # an option of the wrong type reaching the task's code
+        if isinstance(exc, SuiteError):  # the task's own one-line message, not wrapped in a second one
+            raise
         raise SuiteError(f"task {cfg.task.name!r}: bad option value ({first_line(exc)})") from None
 
 

@@ -38,7 +38,7 @@ def test_parse_override_keeps_types(text, key, value):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"optim.lrr": 0.1}, "unknown config key 'optim.lrr'; accepted: "),
+    ({"optim.lrr": 0.1}, "unknown config key 'optim.lrr' (did you mean 'optim.lr'?); accepted: "),
     ({"optimizer.lr": 0.1}, "unknown config key 'optimizer.lr'"),
     ({"optim.lr": 0}, "optim.lr must be > 0"),
     ({"optim.lr": -1e-3}, "optim.lr must be > 0"),

@@ -80,8 +80,10 @@ CASES = [
     ("unknown-cell", "train --cell gruu --steps 2", "unknown cell 'gruu'"),
     ("unknown-task", "train --task addding", "unknown task 'addding'"),
     ("unknown-optimizer", "train --set optim.name=adagrad", "optim.name='adagrad' is not accepted"),
-    ("unknown-key", "train --set optim.lrr=0.1", "unknown config key 'optim.lrr'"),
-    ("unknown-section", "train --set trainer.steps=3", "unknown config key 'trainer.steps'"),
+    ("unknown-key", "train --set optim.lrr=0.1", "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("unknown-section", "train --set trainer.steps=3", "unknown config key 'trainer.steps' (did you mean 'train'?)"),
+    ("unknown-setting", "train --task adding-T20", "unknown task 'adding-T20' (did you mean 'adding-T200'?)"),
+    ("unknown-task-lists-settings", "train --task addding", "named settings: adding-T100, adding-T200"),
     ("mistyped-value", "train --set train.steps=ten", "train.steps must be an integer"),
     ("unknown-cell-option", "train --cell gru --set model.peepholes=true", "does not take option 'peepholes'"),
     ("mistyped-task-option", "train --task adding --set task.lenght=5", "does not take option 'lenght'"),
@@ -112,6 +114,7 @@ CASES = [
     ("cuda-without-gpu", "train --steps 2 --device cuda", "no CUDA GPU"),
     ("resume-unknown-run", "train --resume 0123456789abcdef", "cannot resume run '0123456789abcdef'"),
     ("unknown-sweep", "sweep no-such-sweep", "shipped sweeps: "),
+    ("mistyped-sweep", "sweep smok", "sweep file 'smok' does not exist (did you mean 'smoke'?)"),
     ("sweep-unknown-key", "sweep {in}/unknown-key-sweep.yaml", "unknown sweep key 'trails'"),
     ("sweep-unknown-cell", "sweep {in}/unknown-cell-sweep.yaml", "unknown cell 'grux'"),
     ("sweep-malformed-yaml", "sweep {in}/bad-sweep.yaml", "malformed YAML"),
@@ -176,6 +179,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, template, message
     assert code == 2, (code, stderr)
     assert len(lines) == 1 and lines[0].startswith("rnnsuite: error: ") and message in lines[0], stderr
     assert "Traceback" not in stderr and SECRET not in stdout + stderr
+    assert "Error:" not in lines[0], "a nested exception name in the one line"  # e.g. '(SuiteError: ...)'
+
     assert list(cwd.iterdir()) == [], "a bad command wrote into the working folder"
     assert list(tmp.iterdir()) == [], "a bad command left temporary files"
 

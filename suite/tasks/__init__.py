@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..registry import SuiteError
+from ..registry import SuiteError, did_you_mean
 from . import adding, copy, lm  # noqa: F401  (importing registers the tasks)
 from .base import TASKS, Baseline, Batch, Published, SolvedRule, Task
 
@@ -89,7 +89,8 @@ def load_settings(name_or_path) -> dict:
     elif text.endswith((".yaml", ".yml")) or Path(text).exists():
         path = Path(text)
     else:
-        raise SuiteError(f"unknown task setting {text!r}; named settings: {', '.join(known)} (or a YAML path)")
+        raise SuiteError(f"unknown task setting {text!r}{did_you_mean(text, known)}; named settings: "
+                         f"{', '.join(known)} (or a YAML path)")
     content = _read(path)
     task = content.get("task")
     if not isinstance(task, dict) or not isinstance(task.get("name"), str):
