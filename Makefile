@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 RUNS ?= rnnsuite-runs
+QUIET ?=
 
 .PHONY: setup demo test bench clean
 
@@ -25,8 +26,9 @@ $(VENV)/.installed: pyproject.toml
 # the main job on the embedded defaults: the smoke sweep (3 cells x 3 trials + 3 confirmation seeds, about
 # 2 minutes on 2 CPU cores) into ./rnnsuite-runs, then its report into reports/smoke/ (re-running resumes:
 # a finished sweep says "nothing to do" and the report is rebuilt)
+# QUIET=1: no progress bars even on a terminal (a redirected log never has them)
 demo: setup
-	$(VENV)/bin/rnnsuite sweep sweeps/smoke.yaml
+	$(VENV)/bin/rnnsuite sweep sweeps/smoke.yaml $(if $(QUIET),--quiet,)
 	$(VENV)/bin/rnnsuite report smoke
 
 bench: setup

@@ -542,7 +542,11 @@ class _Pack:
 
 
 def _progress(total: int, size: int, enabled: bool):
-    if not enabled:
+    import sys
+
+    from .train import progress_bars_visible
+
+    if not enabled or not progress_bars_visible(sys.stderr):  # tqdm draws on stderr: on a terminal only
         return None
     from tqdm import tqdm
 

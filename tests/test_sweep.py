@@ -454,3 +454,23 @@ def test_progress_shows_runs_and_an_eta(tmp_path):
     lines = [l for l in out.stdout.splitlines() if l.startswith("[eta]")]
     assert "[1/3 runs," in lines[1] and "ETA" in lines[1]  # one run of three done: an estimate for the rest
     assert "[3/3 runs," in lines[-1] and "ETA" not in lines[-1]
+
+
+def test_a_redirected_sweep_log_is_plain_lines_and_small(tmp_path):
+    """Progress bars only on a terminal: redirected into a file (as `make demo > log`), a sweep with the bars
+    switched on (train.progress: true, no --quiet) writes the live sweep line as plain lines, no control codes."""
+    spec = dict(TINY, name="log", cells=["gru", "sgru"], budget={"trials": 2, "steps": 40}, pack=1,
+                confirm={"top_k": 1, "seeds": 1})
+    spec["base"] = dict(TINY["base"], train={**TINY["base"]["train"], "progress": True})
+    storage, tracking = stores(tmp_path)
+    log = tmp_path / "log.txt"
+    with log.open("w") as f:
+        done = subprocess.run([sys.executable, "-m", "suite", "sweep", str(write(tmp_path, spec)), "--storage",
+                               storage, "--tracking-uri", tracking], cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
+                              timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "\x1b[" not in text, text[:2000]  # no bar redraws, no terminal colours
+    lines = [line for line in text.splitlines() if line.startswith("[log]")]
+    assert len(lines) >= 6 and "[6/6 runs" in lines[-1]  # every finished run: one plain progress line
+    assert log.stat().st_size < 10_000  # 6 runs; `make demo` (18 runs) stays far under 100 KB
