@@ -1,18 +1,26 @@
 # Two commands a fresh machine needs (README): `make demo` and `make test`.
 # Each creates .venv if needed and installs, on a machine without an NVIDIA GPU, the pinned CPU wheel of
-# torch first (a bare torch requirement pulls a multi-GB CUDA build), then the project.
+# torch first (a bare torch requirement pulls a multi-GB CUDA build), then the project with the exact versions
+# of requirements.lock (LATEST=1: the newest versions instead; `make lock` rewrites the lock from .venv).
+# `make test` also installs what the integration tests need (PostgreSQL, Chromium) when it runs as root with
+# apt-get (scripts/test-deps); elsewhere those tests skip with the reason, except under CI=true, where they fail.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 RUNS ?= rnnsuite-runs
 QUIET ?=
+LATEST ?=
+LOCK := requirements.lock
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-deps bench lock clean
 
 setup: $(VENV)/.installed
+ifneq ($(LATEST),)
+.PHONY: $(VENV)/.installed   # LATEST=1 always reinstalls, without the lock
+endif
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
@@ -20,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PY) -m pip install --quiet "$(TORCH_CPU)"; \
 	fi
-	$(PY) -m pip install --quiet -e ".[dev,postgres]"
+	$(PY) -m pip install --quiet $(if $(LATEST),,-c $(LOCK)) -e ".[dev,postgres]"
 	touch $@
 
 # the main job on the embedded defaults: the smoke sweep (3 cells x 3 trials + 3 confirmation seeds, about
@@ -34,8 +42,14 @@ demo: setup
 bench: setup
 	$(VENV)/bin/rnnsuite bench --quick
 
-test: setup
+test: setup test-deps
 	$(PY) -m pytest -q
+
+test-deps:
+	@scripts/test-deps
+
+lock:
+	PY=$(PY) scripts/lock
 
 clean:
 	rm -rf $(RUNS) reports/smoke .pytest_cache

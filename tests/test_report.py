@@ -41,7 +41,6 @@ SPEC = {
 PNGS = ("learning_curves.png", "gradient_flow.png", "gate_use.png", "tuning.png", "design.png")
 CSVS = ("leaderboard", "significance", "runs", "trials", "curves", "grad_profile", "gates", "importance", "fairness",
         "design")
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
 def cli(*args, cwd, env=None, timeout=600):
@@ -148,11 +147,9 @@ def close(shown: str, value: float, digits: int = 4) -> bool:
 
 
 def find_browser() -> str:
-    for name in BROWSERS:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail("no Chromium on PATH: the report's browser test needs it (apt-get install chromium; .ci/run does)")
+    from servers import browser_path
+
+    return browser_path()
 
 
 def browser(exe: str, *args, profile: Path, timeout=120):
