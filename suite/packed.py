@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .config import RunConfig
+from .provenance import lock_tags
 from .registry import SuiteError
 
 FREE_PREFIXES = ("optim.",)
@@ -285,7 +286,7 @@ def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size:
     prepare_local_store(uri)
     task_params, task_tags = task_record(task)
     tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__, "device": device,
-            "seed": str(cfg.train.seed), **task_tags, "pack.size": str(size), "pack.index": str(index),
+            "seed": str(cfg.train.seed), **lock_tags(), **task_tags, "pack.size": str(size), "pack.index": str(index),
             **({"pack.id": pack_id} if pack_id else {}), **member.tags}
     if device == "cpu":  # the fused loops' kernels in a pack: batched GEMMs, or none (vmapped reference steps)
         from .cells.base import KernelChoice, kernel_choice

@@ -405,6 +405,8 @@ def _provenance(an: Analysis) -> list[str]:
             f"Git commit of the runs: {commits}" + (" (more than one: the code changed during the sweep)"
                                                     if "," in commits else ""),
             f"rnnsuite version of the runs: {_distinct(an, 'rnnsuite.version')}; device: {_distinct(an, 'device')}",
+            f"Package lock of the runs (requirements.lock, sha256 prefix): {_distinct(an, 'rnnsuite.lock')}; "
+            f"installed versions matched it: {_distinct(an, 'rnnsuite.lock_match')}",
             f"Packages where this report was built (Python {platform.python_version()}): {', '.join(versions)}",
             f"MLflow: experiment {an.data.name}, parent run `{an.data.parent.info.run_id}` (this report is logged "
             f"there under `{ARTIFACT_PATH}/`)"]

@@ -28,8 +28,8 @@ LEVEL_TAG = "rnnsuite.level"
 PAGE = 5000  # runs per search_runs page
 PROFILE = "diagnostics/grad_profile.csv"
 TAGS_KEPT = ("cell", "phase", "trial", "seed", "study", "task", "confirm.rank", "confirm.source_trial", "device",
-             "git.commit", "rnnsuite.version", "pruned.reason", "pruned.step", "failure.reason", "failure.step",
-             "mlflow.parentRunId", "rnnsuite.command")
+             "git.commit", "rnnsuite.version", "rnnsuite.lock", "rnnsuite.lock_match", "pruned.reason", "pruned.step",
+             "failure.reason", "failure.step", "mlflow.parentRunId", "rnnsuite.command")
 
 
 @dataclass

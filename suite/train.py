@@ -28,6 +28,7 @@ from .config import RunConfig, build_config
 from .diagnostics import DiagnosticsCallback
 from .lit import StopRun, SuiteModule
 from .model import SequenceModel
+from .provenance import lock_tags
 from .registry import SuiteError
 from .logger import INTERRUPTED_BEFORE_TRAINING, SuiteLogger, interrupts_outside_database_code
 from .tracking import (artifact_location, check_tracking, first_line, git_commit, mask,
@@ -188,7 +189,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     prepare_local_store(uri)
     task_params, task_tags = task_record(task)
     run_tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__,
-                "device": device, "seed": str(cfg.train.seed), **ktags, **task_tags, **(tags or {})}
+                "device": device, "seed": str(cfg.train.seed), **lock_tags(), **ktags, **task_tags, **(tags or {})}
     commit = git_commit()
     if commit:
         run_tags["git.commit"] = commit
