@@ -39,6 +39,7 @@ from . import __version__
 from .config import RunConfig
 from .provenance import lock_tags
 from .registry import SuiteError
+from .tracking import mark_stopped
 
 FREE_PREFIXES = ("optim.",)
 FREE_KEYS = {"train.seed", "model.dropout", "model.init", "model.init_range", "model.chrono_init"}
@@ -249,10 +250,7 @@ class _Run:
         self.status, self.outcome, self.reason = status, outcome, reason
         client, rid = self.logger.experiment, self.run_id
         if reason:
-            key = "pruned" if outcome == "pruned" else "failure"
-            client.set_tag(rid, f"{key}.reason", reason)
-            if step is not None:
-                client.set_tag(rid, f"{key}.step", str(step))
+            mark_stopped(client, rid, outcome, reason, step)
         self.upload()
         self.logger.terminate(status)
         if self.member.on_end:  # e.g. the sweep tells the trial now: a later kill of the pack cannot lose it

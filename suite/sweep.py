@@ -56,7 +56,7 @@ from .logger import interrupts_outside_database_code
 from .registry import SuiteError
 from .search import (DEFAULT_MARGIN, DESIGN_ATTR, DESIGN_KINDS, MarginPruner, default_points, design_points,
                      distributions, first_point, make_sampler as _sampler_for, prune_rule)
-from .tracking import RetryingClient, first_line, mask
+from .tracking import NOTE, RetryingClient, first_line, mask
 
 GRACE = 180.0  # seconds without a heartbeat before a RUNNING trial of another host counts as lost
 NO_WORKER_GRACE = 60.0  # a trial gets its worker within milliseconds of `ask`; one without it this long is lost
@@ -1124,6 +1124,11 @@ class Sweep:
         if phase == PHASE_CONFIRM:
             tags.update({"confirm.rank": str(trial.user_attrs["rank"]),
                          "confirm.source_trial": str(trial.user_attrs["source_trial"])})
+        what = (f"Search trial {trial.number}" if phase == PHASE_SEARCH else
+                f"Confirmation run of the rank-{trial.user_attrs['rank']} configuration, seed {seed},")
+        tags[NOTE] = (f"{what} of {cell} in sweep {self.spec.name}. Objective: `{self.metric}` ({self.direction}); "
+                      f"compare runs on `{self.metric}`, `train/loss` and `train/grad_norm` (pick them under "
+                      "Columns once: MLflow keeps the choice per experiment).")
         return cfg, tags
 
     def _train(self, cell, phase, trial, params, seed):

@@ -307,3 +307,25 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def mark_stopped(client, run_id: str, outcome: str, reason: str, step: int | None = None) -> None:
+    """Tag why a run stopped early (``pruned.reason``/``.step`` or ``failure.reason``/``.step``); a pruned or
+    diverged run also says so in its name and at the top of its description, which MLflow's run list and run page
+    show (a pruned trial otherwise reads as a green "Finished" run)."""
+    key = "pruned" if outcome == "pruned" else "failure"
+    client.set_tag(run_id, f"{key}.reason", reason)
+    if step is not None:
+        client.set_tag(run_id, f"{key}.step", str(step))
+    if outcome not in ("pruned", "diverged"):
+        return
+    run = client.get_run(run_id)
+    name, marker = run.info.run_name or "", f"[{outcome}]"
+    if marker not in name:
+        client.update_run(run_id, name=f"{name} {marker}".strip())
+    note = run.data.tags.get(NOTE, "")
+    client.set_tag(run_id, NOTE, f"**{outcome.upper()}**" + (f" at step {step}" if step is not None else "")
+                   + f": {reason}" + (f"\n\n{note}" if note else ""))
+
+
+NOTE = "mlflow.note.content"  # MLflow's run description (Markdown), shown on the run page

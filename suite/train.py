@@ -31,7 +31,7 @@ from .model import SequenceModel
 from .provenance import lock_tags
 from .registry import SuiteError
 from .logger import INTERRUPTED_BEFORE_TRAINING, SuiteLogger, interrupts_outside_database_code
-from .tracking import (artifact_location, check_tracking, first_line, git_commit, mask,
+from .tracking import (artifact_location, check_tracking, first_line, git_commit, mark_stopped, mask,
                        prepare_local_store, resolve_tracking_uri, runs_dir)
 
 STATUS_FINISHED, STATUS_FAILED, STATUS_KILLED = "FINISHED", "FAILED", "KILLED"
@@ -285,9 +285,7 @@ def _fit(trainer, module, data, ckpt_path, task, logger, client, run_id) -> RunR
             final.update(_scalars(trainer.callback_metrics))
     except StopRun as exc:
         result = RunResult(run_id, exc.status, reason=f"{exc.outcome}: {exc}", outcome=exc.outcome)
-        key = "pruned" if exc.outcome == "pruned" else "failure"
-        client.set_tag(run_id, f"{key}.reason", result.reason)
-        client.set_tag(run_id, f"{key}.step", str(exc.step))
+        mark_stopped(client, run_id, exc.outcome, result.reason, exc.step)
     except (KeyboardInterrupt, SystemExit):
         result = RunResult(run_id, STATUS_KILLED, reason=f"interrupted at step {trainer.global_step}",
                            outcome="killed")

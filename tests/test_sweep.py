@@ -146,6 +146,13 @@ def test_diverged_trials_are_pruned_with_their_reason(tmp_path):
         optuna.storages.journal.JournalFileBackend(storage)))
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all("diverged: loss is" in t.user_attrs["pruned_reason"] for t in study.trials)
+    # MLflow's run list and run page say it, not only a tag: the name and the top of the description
+    client = mlflow.MlflowClient(tracking)
+    for t in study.trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.run_name == f"rnn_tanh-t{t.number} [diverged]"
+        note = run.data.tags["mlflow.note.content"]
+        assert note.startswith("**DIVERGED** at step") and "Objective: `val/mse` (minimize)" in note
 
 
 @pytest.mark.parametrize("name", cells.names())

@@ -182,6 +182,9 @@ def test_a_nan_member_is_pruned_with_its_reason_and_the_pruner_prunes_inside_pac
     assert runs[3].data.tags["pack.id"] == runs[4].data.tags["pack.id"] != runs[0].data.tags["pack.id"]
     assert runs[1].info.status == "FAILED" and runs[1].data.tags["failure.reason"].startswith("diverged: loss is")
     assert runs[3].info.status == "FINISHED" and "pruned at step 10" in runs[3].data.tags["pruned.reason"]
+    assert runs[3].info.run_name.endswith("[pruned]") and runs[1].info.run_name.endswith("[diverged]")
+    assert runs[3].data.tags["mlflow.note.content"].startswith("**PRUNED** at step 10: pruned: pruned at step 10")
+    assert "[" not in runs[0].info.run_name and runs[0].data.tags["mlflow.note.content"].startswith("Search trial 0")
     for n in (0, 2, 4, 5):  # the pack-mates trained on to the end
         assert runs[n].info.status == "FINISHED" and "test/mse" in runs[n].data.metrics
         assert trials[n].value == pytest.approx(runs[n].data.metrics["val/mse"])
