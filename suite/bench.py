@@ -800,7 +800,7 @@ def bench(profile: Profile | str = "full", device: str = "auto", threads: int | 
             result["skipped"][name] = f"stopped after {section_timeout:g} s (--section-timeout)"
             log(f"  {name} stopped after {section_timeout:g} s")
             return None
-        log(f"  {name} done in {time.perf_counter() - t0:.1f} s")
+        log(f"  {name.replace('_', ' ')} done in {time.perf_counter() - t0:.1f} s")
         return value
 
     cells_ = section("cells", bench_cells, p, dev, clock, log)
