@@ -5,11 +5,12 @@ On a machine with an NVIDIA GPU, in stages that each have their own time limit i
 (``GPU_CHECK_BUDGET_S``, default 450 s, so the whole check ends in under 8 minutes): the environment (GPU model,
 driver, torch, CUDA and cuDNN versions), an install of what is missing WITHOUT touching the machine's torch
 (wheels carried in ``.whl/`` installed into a side folder, or pip with the installed torch pinned), the CUDA tests
-(``pytest -m cuda``), ``rnnsuite bench --device cuda`` (cells at the fastrnns shape against cuDNN; packed trials
-per hour at M in {1, 8, 32, 64}, H=64), a short packed sweep on CUDA with two workers, and what its MLflow runs
+(``pytest -m cuda``), ``rnnsuite bench --device cuda`` (cells at the fastrnns shape against cuDNN, with the fused
+loops eager and then replayed from CUDA graphs; packed trials per hour at M in {1, 8, 32, 64}, H=64), a short packed sweep on CUDA with two workers, and what its MLflow runs
 recorded. Results go to OUT (argument, else $OUT, else ./gpu-check-out): ``gpu-check.json`` (every stage: command,
-exit code, seconds, parsed results), ``gpu-check.log`` (every stage's output), ``bench-cells.json`` and
-``bench-packed.json``. A stage that hangs is killed at its limit (its process group) and the next one runs.
+exit code, seconds, parsed results), ``gpu-check.log`` (every stage's output), ``bench-cells.json``,
+``bench-cells-graphs.json`` and ``bench-packed.json``. A stage that hangs is killed at its limit (its process
+group) and the next one runs.
 
 Without a GPU (or with GPU_CHECK_DRY_RUN=1) it prints one line saying so, then dry-runs what needs no GPU: the
 script's syntax, the collection of the CUDA tests, the sweep file's validation, a tiny ``bench`` section on the
@@ -39,6 +40,7 @@ NEEDED = ["torch", "lightning", "mlflow", "optuna", "optuna_integration", "panda
 # stage -> (limit s, seconds kept back for it while earlier stages run): the limits sum past the budget, the
 # reserves keep a slow early stage from starving the later ones
 LIMITS = {"environment": (40, 10), "install": (90, 0), "cuda-tests": (170, 30), "bench-cells": (90, 30),
+          "bench-cells-graphs": (80, 20),
           "bench-packed": (150, 40), "sweep": (120, 40), "sweep-record": (30, 10)}
 
 ENV_PROBE = r"""
@@ -180,8 +182,8 @@ class Check:
                                          "addopts=-ra", f"--junitxml={junit}", *CUDA_TESTS),
                    parse=lambda text: _junit(junit))
 
-    def bench(self, section: str) -> None:
-        name = f"bench-{section}"
+    def bench(self, section: str, graphs: bool = False) -> None:
+        name = f"bench-{section}" + ("-graphs" if graphs else "")
         limit = self.limit(name)
         timeout = max(5, int(limit) - 25)  # the section stops itself first; imports and JSON take the rest
         dest = self.out / f"{name}.json"
@@ -196,7 +198,8 @@ class Check:
 
         self.stage(name, self.py("-m", "suite", "bench", "--device", device, "--json", "--sections", section,
                                  "--section-timeout", str(timeout)),
-                   env={"RNNSUITE_BENCH_PROFILE": profile}, parse=keep, limit=limit)
+                   env={"RNNSUITE_BENCH_PROFILE": profile, "RNNSUITE_CUDA_GRAPHS": "1" if graphs else "0"},
+                   parse=keep, limit=limit)
 
     def sweep(self) -> None:
         storage = self.scratch / "optuna.journal"
@@ -315,7 +318,8 @@ def main(argv: list[str]) -> int:
         info = check.environment("environment-after-install")
         if info.get("missing"):
             print(f"gpu-check: still missing after the install: {', '.join(info['missing'])}", flush=True)
-    for step in (check.cuda_tests, lambda: check.bench("cells"), lambda: check.bench("packed"), check.sweep):
+    for step in (check.cuda_tests, lambda: check.bench("cells"), lambda: check.bench("cells", graphs=True),
+                 lambda: check.bench("packed"), check.sweep):
         step()
         stage = list(check.summary["stages"].items())[-1]
         print(f"gpu-check: {stage[0]}: rc={stage[1]['rc']} in {stage[1]['seconds']} s", flush=True)

@@ -762,6 +762,7 @@ def bench(profile: Profile | str = "full", device: str = "auto", threads: int | 
     started = time.perf_counter()
     from .cells.base import kernel_choice
 
+    from .cells.graphs import describe as graphs_describe
     from .gpu import apply_precision_policy, precision_record
 
     apply_precision_policy()  # the anchors (cuDNN) and the custom cells at one float32 precision, as in training
@@ -775,6 +776,7 @@ def bench(profile: Profile | str = "full", device: str = "auto", threads: int | 
         "cuda": torch.version.cuda if dev.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
         "precision": precision_record(),
+        "cuda_graphs": graphs_describe() if dev.type == "cuda" else None,  # $RNNSUITE_CUDA_GRAPHS
         "sections": list(sections or SECTIONS),
         "skipped": {},
         "threads": torch.get_num_threads(),

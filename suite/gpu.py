@@ -91,6 +91,10 @@ def precision_tags(train_precision: str, device: str) -> dict[str, str]:
     precision, and the device's name (the same seed gives other batches on another device)."""
     tags = {**precision_record(), "precision.autocast": str(train_precision), "precision.recurrence": RECURRENCE}
     tags["device.name"] = device_name(device)
+    if device == "cuda":
+        from .cells.graphs import describe
+
+        tags["cuda.graphs"] = describe()  # the fused loops replayed from CUDA graphs, or eager
     return tags
 
 

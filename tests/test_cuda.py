@@ -71,6 +71,7 @@ def test_the_fast_path_backward_matches_the_reference_on_cuda(name):
 @pytest.mark.parametrize("name", [n for n in NAMES if cells.build(n, 4, 4, **(
     {"project_input": False} if n in NEEDS_PROJECTION else {})).fast_path])
 def test_the_fused_loops_do_not_sync_with_the_host(name):
+    """What CUDA graphs need, and what keeps the GPU busy without them: no read-back inside the loops."""
     cell = make(name, dtype=torch.float32)
     x = torch.randn(8, 30, 5, device="cuda", requires_grad=True)
     forward_backward(cell, x, reference=False)  # warm-up: allocator, cuBLAS handles
@@ -81,6 +82,30 @@ def test_the_fused_loops_do_not_sync_with_the_host(name):
         out.square().sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+FAST = [n for n in NAMES if cells.build(n, 4, 4, **({"project_input": False} if n in NEEDS_PROJECTION else {})
+                                         ).fast_path]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_cuda_graphs_replay_the_eager_loop_exactly(name, monkeypatch):
+    """RNNSUITE_CUDA_GRAPHS=1: the forward loop and the hand-written backward are captured once per shape and
+    replayed; outputs and gradients equal the eager loop's, also on new inputs (a replay, not the capture)."""
+    from suite.cells import graphs
+
+    cell = make(name, dtype=torch.float32)
+    xs = [torch.randn(8, 30, 5, device="cuda") for _ in range(3)]
+    eager = [forward_backward(cell, x, reference=False) for x in xs]
+    monkeypatch.setenv(graphs.ENV, "1")
+    graphed = [forward_backward(cell, x, reference=False) for x in xs]
+    assert graphs.CACHE.failures(cell) == {} and graphs.CACHE.captured(cell) == 2  # the loop and its backward
+    for (out_e, g_e), (out_g, g_g) in zip(eager, graphed):
+        torch.testing.assert_close(out_g, out_e, atol=1e-6, rtol=1e-6)
+        for a, b in zip(g_g, g_e):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    forward_backward(cell, torch.randn(8, 17, 5, device="cuda"), reference=False)  # another T: its own graphs
+    assert graphs.CACHE.captured(cell) == 4
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +146,20 @@ def test_packed_models_on_cuda_match_the_same_runs_alone(store, cell):
         assert sorted(la) == sorted(lp) and max(abs(la[s] - lp[s]) for s in la) < 1e-3
         assert p.metrics["val/loss"] == pytest.approx(a.metrics["val/loss"], abs=1e-3)
         assert client.get_run(p.run_id).data.tags["device"] == "cuda"
+
+
+def test_packs_with_cuda_graphs_match_packs_without(store, monkeypatch):
+    from suite.cells import graphs
+
+    cfgs = [config(store, "sgru", **{"optim.lr": 0.01, "train.seed": k}) for k in range(3)]
+    eager = run_pack([Member(c) for c in cfgs])
+    monkeypatch.setenv(graphs.ENV, "1")
+    graphed = run_pack([Member(c) for c in cfgs])
+    client = mlflow.MlflowClient(store["uri"])
+    for a, b in zip(eager, graphed):
+        assert a.status == b.status == "FINISHED"
+        assert b.metrics["val/loss"] == pytest.approx(a.metrics["val/loss"], abs=1e-5)
+        assert client.get_run(b.run_id).data.tags["cuda.graphs"] == "on"
 
 
 def test_a_packs_steps_between_checks_do_not_sync_with_the_host(store, monkeypatch):
