@@ -13,7 +13,7 @@ QUIET ?=
 LATEST ?=
 LOCK := requirements.lock
 
-.PHONY: setup demo test test-deps bench lock clean
+.PHONY: setup demo test test-deps bench lock clean gpu-check gpu-wheels
 
 setup: $(VENV)/.installed
 ifneq ($(LATEST),)
@@ -50,6 +50,16 @@ test-deps:
 
 lock:
 	PY=$(PY) scripts/lock
+
+# on a machine with an NVIDIA GPU: CUDA tests, bench --device cuda, a packed CUDA sweep -> JSON + log in OUT
+# (default ./gpu-check-out), under 8 minutes. No setup first: it uses the machine's own torch and installs only
+# what is missing (wheels from .whl/ when the machine is offline). Without a GPU: one line and a dry run.
+gpu-check:
+	bash scripts/gpu-check $(OUT)
+
+# the wheels gpu-check installs on an offline GPU machine (Python 3.12, manylinux x86-64) into .whl/
+gpu-wheels: setup
+	bash scripts/gpu-wheels
 
 clean:
 	rm -rf $(RUNS) reports/smoke .pytest_cache

@@ -133,6 +133,13 @@ PROFILES = {
         packed_task={"name": "adding", "length": 10, "batch_size": 4, "val_size": 8},
         packed_steps=3, packed_M=(1, 2), packed_M_cuda=(1, 2), packed_single=1),
 }
+PROFILES["gpu-check"] = Profile(  # scripts/gpu-check: the fastrnns shape at full length, fewer rounds, packs to 64
+    "gpu-check", "make gpu-check: the fastrnns shape (B=64, T=100, I=H=512), 5 rounds; packed trials of 100 steps "
+    "at M in {1, 8, 32, 64}, H=64",
+    warmup=2, repeats=5, scaling_T=(25, 100, 400), scaling_repeats=2, scan_T=(256, 1024), scan_repeats=2,
+    tracking_steps=100, tracking_repeats=1, diag_repeats=5, data_repeats=3, data_inner=2,
+    packed_steps=100, packed_M_cuda=(1, 8, 32, 64), packed_M=(1, 8), packed_single=1)
+SECTIONS = ("cells", "scaling", "scan", "diagnostics_off", "kernels", "data", "tracking", "packed")
 PROFILE_ENV = "RNNSUITE_BENCH_PROFILE"  # internal: the tests run the CLI with the tiny profile
 THREADS_ENV = "RNNSUITE_BENCH_THREADS"  # default 1: the training default (train.threads)
 
@@ -741,8 +748,10 @@ def cpu_name() -> str:
 
 
 def bench(profile: Profile | str = "full", device: str = "auto", threads: int | None = None,
-          log: Callable[[str], None] | None = None) -> dict:
-    """Run every section; returns the JSON-ready result."""
+          log: Callable[[str], None] | None = None, sections: tuple[str, ...] | None = None,
+          section_timeout: float | None = None) -> dict:
+    """Run every section (or those in ``sections``); returns the JSON-ready result. A section that runs past
+    ``section_timeout`` seconds is stopped and named under "skipped" with the reason; the others still run."""
     p = PROFILES[profile] if isinstance(profile, str) else profile
     dev = resolve_bench_device(device)
     if threads is None:
@@ -753,6 +762,10 @@ def bench(profile: Profile | str = "full", device: str = "auto", threads: int | 
     started = time.perf_counter()
     from .cells.base import kernel_choice
 
+    from .cells.graphs import describe as graphs_describe
+    from .gpu import apply_precision_policy, precision_record
+
+    apply_precision_policy()  # the anchors (cuDNN) and the custom cells at one float32 precision, as in training
     kernels = kernel_choice().describe() if dev.type == "cpu" else None  # $RNNSUITE_KERNELS: plain or tuned
     log(f"cells' CPU kernels: {kernels}")
     result: dict = {
@@ -760,6 +773,12 @@ def bench(profile: Profile | str = "full", device: str = "auto", threads: int | 
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda if dev.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
+        "precision": precision_record(),
+        "cuda_graphs": graphs_describe() if dev.type == "cuda" else None,  # $RNNSUITE_CUDA_GRAPHS
+        "sections": list(sections or SECTIONS),
+        "skipped": {},
         "threads": torch.get_num_threads(),
         "kernels_chosen": kernels,
         "profile": p.name,
@@ -770,51 +789,97 @@ def bench(profile: Profile | str = "full", device: str = "auto", threads: int | 
                           "above the start of one forward+backward"),
     }
 
+    wanted = set(sections or SECTIONS)
+
     def section(name, fn, *args):
+        if name not in wanted:
+            return None
         t0 = time.perf_counter()
-        value = fn(*args)
-        log(f"  {name} done in {time.perf_counter() - t0:.1f} s")
+        try:
+            with time_limit(section_timeout):
+                value = fn(*args)
+        except SectionTimeout:
+            result["skipped"][name] = f"stopped after {section_timeout:g} s (--section-timeout)"
+            log(f"  {name} stopped after {section_timeout:g} s")
+            return None
+        log(f"  {name.replace('_', ' ')} done in {time.perf_counter() - t0:.1f} s")
         return value
 
-    result["cells"], extra = section("cells", bench_cells, p, dev, clock, log)
-    result.update(extra)
+    cells_ = section("cells", bench_cells, p, dev, clock, log)
+    if cells_ is not None:
+        result["cells"], extra = cells_
+        result.update(extra)
     result["scaling"] = section("scaling", bench_scaling, p, dev, clock, log)
     scan = section("scan", bench_scan, p, dev, clock, log)
-    result["scan"], result["scan_detail"] = scan["speedup"], {**scan["detail"], "shape": scan["shape"]}
-    result["scan_logscan"] = scan["logscan"]  # the paper's log-space form against the same sequential loop
-    result["diagnostics_off"] = section("diagnostics off", bench_diagnostics_off, p, dev, clock, log)
+    if scan is not None:
+        result["scan"], result["scan_detail"] = scan["speedup"], {**scan["detail"], "shape": scan["shape"]}
+        result["scan_logscan"] = scan["logscan"]  # the paper's log-space form against the same sequential loop
+    result["diagnostics_off"] = section("diagnostics_off", bench_diagnostics_off, p, dev, clock, log)
     result["kernels"] = section("kernels", bench_kernels, p, dev, clock, log) if dev.type == "cpu" else None
     data = section("data", bench_data, p, dev, clock, threads, log)
-    result["data"], result["data_detail"] = data["share"], data["detail"]
+    if data is not None:
+        result["data"], result["data_detail"] = data["share"], data["detail"]
     with scratch_home() as home:
         result["tracking"] = section("tracking", bench_tracking, p, dev, home, threads, log)
         packed = section("packed", bench_packed, p, dev, home, threads, log)
     torch.set_num_threads(threads)  # train.run sets the config's count; keep ours for anything after
-    result["packed"] = packed.pop("ratio")
-    result["packed_detail"] = packed
+    if packed is not None:
+        result["packed"] = packed.pop("ratio")
+        result["packed_detail"] = packed
     result["targets"] = summarize_targets(result)
     result["elapsed_s"] = time.perf_counter() - started
     return result
 
 
+class SectionTimeout(Exception):
+    """A benchmark section ran past --section-timeout."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise SectionTimeout in this (main) thread after ``seconds`` (None or 0: no limit; SIGALRM, so POSIX)."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise SectionTimeout
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def summarize_targets(r: dict) -> dict:
     """Every target of the issues with its measured figure and pass/fail (None: not measured in this profile)."""
     out: dict = {}
-    for name, row in r["cells"].items():
+    for name, row in (r.get("cells") or {}).items():
         if row.get("target"):
             anchor = "gru" if "GRU" in row["target"] else "lstm"
             out[f"cell:{name}"] = {"target": row["target"], "value": row[f"ratio_vs_{anchor}"], "pass": row["pass"]}
     T, need = SCAN_TARGET
-    for name, speed in r["scan"].items():
+    for name, speed in (r.get("scan") or {}).items():
         value = speed.get(str(T))
         out[f"scan:{name}@T={T}"] = {"target": f">= {need}x sequential", "value": value,
                                      "pass": None if value is None else bool(value >= need)}
     for key in ("tracking", "diagnostics_off"):
-        sec = r[key]
+        sec = r.get(key)
+        if sec is None:
+            continue
         value = sec["ratio"] if key == "tracking" else max(sec["ratio_never"], sec["ratio_after_trace"])
         out[key] = {"target": sec["target"], "value": value, "pass": sec["pass"]}
-    pk = r["packed_detail"]
-    out["packed"] = {"target": pk["target"], "value": r["packed"][str(pk["best_M"])], "pass": pk["pass"]}
+    pk = r.get("packed_detail")
+    if pk is not None:
+        out["packed"] = {"target": pk["target"], "value": r["packed"][str(pk["best_M"])], "pass": pk["pass"]}
+    if not r.get("scaling"):
+        return out
     lin = [v["linear"] for c in r["scaling"]["cells"].values() for v in c.values()]
     out["scaling:linear_in_T"] = {"target": f"time ~ T^k, k <= {LINEAR_EXPONENT}",
                                   "value": max(v["exponent"] for c in r["scaling"]["cells"].values()
@@ -833,11 +898,26 @@ def _mark(ok) -> str:
 
 
 def format_table(r: dict) -> str:
-    s = r["shape"]
     lines = [f"rnnsuite bench ({r['profile']}: {r['note']})",
              f"device {r['device']} ({r['device_name']}, {r['cpu_count']} CPUs), torch {r['torch']}, "
-             f"{r['threads']} thread(s); {r['elapsed_s']:.0f} s",
-             "",
+             f"{r['threads']} thread(s); {r['elapsed_s']:.0f} s"]
+    lines += [f"section {k} skipped: {v}" for k, v in r.get("skipped", {}).items()]
+    if r.get("cells"):
+        lines += _cell_lines(r)
+    if r.get("scaling"):
+        lines += _scaling_lines(r)
+    if r.get("scan"):
+        lines += _scan_lines(r)
+    lines += _pipeline_lines(r)
+    lines += ["", "targets:"]
+    for k, v in r["targets"].items():
+        lines.append(f"  {k:28s} {v['target']:34s} {_f(v['value'], '.3f'):>7s}  {_mark(v['pass']) or 'n/a'}")
+    return "\n".join(lines)
+
+
+def _cell_lines(r: dict) -> list[str]:
+    s = r["shape"]
+    lines = ["",
              f"cells at B={s['B']} T={s['T']} I={s['I']} H={s['H']} (medians; ratios = median of per-round ratios "
              "of fwd+bwd)",
              f"{'cell':18s} {'fwd ms':>8s} {'fwd+bwd':>8s} {'x GRU':>6s} {'x LSTM':>6s} {'peak MB':>8s}  target"]
@@ -846,8 +926,12 @@ def format_table(r: dict) -> str:
         tgt = f"{v['target']} {_mark(v['pass'])}" if v.get("target") else ""
         lines.append(f"{name:18s} {v['fwd_ms']:8.2f} {v['fwd_bwd_ms']:8.2f} {v['ratio_vs_gru']:6.2f} "
                      f"{v['ratio_vs_lstm']:6.2f} {_f(v['peak_mem_mb'], '8.1f'):>8s}  {tgt}")
+    return lines
+
+
+def _scaling_lines(r: dict) -> list[str]:
     sc = r["scaling"]
-    lines += ["", f"scaling: fwd+bwd ms at B={sc['B']} I={sc['I']}; k = growth exponent in T"]
+    lines = ["", f"scaling: fwd+bwd ms at B={sc['B']} I={sc['I']}; k = growth exponent in T"]
     lines.append(f"{'cell':8s} {'H':>4s} " + " ".join(f"{'T=' + str(T):>9s}" for T in sc["T"])
                  + f" {'us/step':>18s} {'k':>5s}")
     for name, per_h in sc["cells"].items():
@@ -855,37 +939,47 @@ def format_table(r: dict) -> str:
             us = "/".join(f"{v['us_per_step'][str(T)]:.0f}" for T in sc["T"])
             lines.append(f"{name:8s} {H:>4s} " + " ".join(f"{v['fwd_bwd_ms'][str(T)]:9.1f}" for T in sc["T"])
                          + f" {us:>18s} {v['exponent']:5.2f} {'linear' if v['linear'] else 'SUPERLINEAR'}")
-    lines += ["", "scan: fwd+bwd speed-up over mode=sequential (ms scan / sequential)"]
+    return lines
+
+
+def _scan_lines(r: dict) -> list[str]:
+    lines = ["", "scan: fwd+bwd speed-up over mode=sequential (ms scan / sequential)"]
     for mode, table in (("scan", r["scan"]), ("logscan", r.get("scan_logscan") or {})):
         for name, speed in table.items():
             d = r["scan_detail"][name]
             lines.append(f"{name:8s} {mode:8s} " + "  ".join(
                 f"T={T}: {v:.2f}x ({d[T][mode + '_ms']:.1f}/{d[T]['sequential_ms']:.1f})" for T, v in speed.items()))
-    t = r["tracking"]
-    lines += ["", f"tracking: bare {t['bare_steps_per_s']:.2f} steps/s, tracked {t['tracked_steps_per_s']:.2f} "
-              f"steps/s, ratio {t['ratio']:.3f} (target {t['target']}: {_mark(t['pass'])})"]
-    d = r["diagnostics_off"]
-    lines.append(f"diagnostics off ({d['cell']}): never traced {d['ratio_never']:.3f}x, after a trace "
-                 f"{d['ratio_after_trace']:.3f}x of the bare fast path ({d['bare_ms']:.2f} ms) "
-                 f"[{_mark(d['pass'])}]")
+    return lines
+
+
+def _pipeline_lines(r: dict) -> list[str]:
+    lines: list[str] = []
+    t = r.get("tracking")
+    if t:
+        lines += ["", f"tracking: bare {t['bare_steps_per_s']:.2f} steps/s, tracked {t['tracked_steps_per_s']:.2f} "
+                  f"steps/s, ratio {t['ratio']:.3f} (target {t['target']}: {_mark(t['pass'])})"]
+    d = r.get("diagnostics_off")
+    if d:
+        lines.append(f"diagnostics off ({d['cell']}): never traced {d['ratio_never']:.3f}x, after a trace "
+                     f"{d['ratio_after_trace']:.3f}x of the bare fast path ({d['bare_ms']:.2f} ms) "
+                     f"[{_mark(d['pass'])}]")
     k = r.get("kernels")
     if k:
         lines.append(f"kernels: step GEMM {k['gemm_shape']} oneDNN-packed {k['onednn_linear_us']:.1f} us vs addmm "
                      f"{k['addmm_us']:.1f} us ({k['onednn_vs_addmm']:.2f}x); tanh via sigmoid "
                      f"{k['tanh_via_sigmoid_us']:.1f} us vs torch.tanh {k['torch_tanh_us']:.1f} us "
                      f"({k['tanh_via_sigmoid_vs_tanh']:.2f}x); the cells chose {k['chosen']}")
-    lines += ["", "data generation share of a training step: " + ", ".join(
-        f"{k} {100 * v:.2f}% ({r['data_detail'][k]['data_ms']:.3f}/{r['data_detail'][k]['step_ms']:.1f} ms)"
-        for k, v in r["data"].items())]
-    pk = r["packed_detail"]
-    lines += ["", f"packed trials/hour vs one model per process ({pk['cell']} H={pk['hidden_size']}, "
-              f"{pk['steps']} steps; single trial {pk['single_trial_s']:.1f} s): " + ", ".join(
-                  f"M={M}: {v:.2f}x" for M, v in r["packed"].items())
-              + f"  [best M={pk['best_M']}, {pk['target']}: {_mark(pk['pass'])}]"]
-    lines += ["", "targets:"]
-    for k, v in r["targets"].items():
-        lines.append(f"  {k:28s} {v['target']:34s} {_f(v['value'], '.3f'):>7s}  {_mark(v['pass']) or 'n/a'}")
-    return "\n".join(lines)
+    if r.get("data"):
+        lines += ["", "data generation share of a training step: " + ", ".join(
+            f"{k} {100 * v:.2f}% ({r['data_detail'][k]['data_ms']:.3f}/{r['data_detail'][k]['step_ms']:.1f} ms)"
+            for k, v in r["data"].items())]
+    pk = r.get("packed_detail")
+    if pk:
+        lines += ["", f"packed trials/hour vs one model per process ({pk['cell']} H={pk['hidden_size']}, "
+                  f"{pk['steps']} steps; single trial {pk['single_trial_s']:.1f} s): " + ", ".join(
+                      f"M={M}: {v:.2f}x" for M, v in r["packed"].items())
+                  + f"  [best M={pk['best_M']}, {pk['target']}: {_mark(pk['pass'])}]"]
+    return lines
 
 
 def run_bench(args) -> int:
@@ -899,12 +993,28 @@ def run_bench(args) -> int:
     def log(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    result = bench(profile, device, log=log)
+    sections = parse_sections(getattr(args, "sections", None))
+    timeout = getattr(args, "section_timeout", None)
+    if timeout is not None and timeout <= 0:
+        raise SuiteError(f"--section-timeout must be a positive number of seconds, got {timeout:g}")
+    result = bench(profile, device, log=log, sections=sections, section_timeout=timeout)
     if args.json:
         print(json.dumps(finite(result), allow_nan=False), flush=True)
     else:
         print(format_table(result), flush=True)
     return 0
+
+
+def parse_sections(text: str | None) -> tuple[str, ...] | None:
+    """--sections cells,packed -> ("cells", "packed"); None: every section. An unknown name is one line."""
+    if not text:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise SuiteError(f"--sections: unknown section {', '.join(unknown) or repr(text)}; choose from "
+                         f"{', '.join(SECTIONS)}")
+    return names
 
 
 def finite(v):

@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every figure")
     p.add_argument("--quick", action="store_true", help="a reduced run (under two minutes on 2 CPU cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to measure")
+    p.add_argument("--sections", metavar="LIST", help="only these sections, comma-separated: cells, scaling, scan, "
+                   "diagnostics_off, kernels, data, tracking, packed (default: all)")
+    p.add_argument("--section-timeout", type=float, metavar="S", help="stop a section after S seconds; it is "
+                   "named under \"skipped\" and the others still run")
     p.set_defaults(func=_cmd_bench)
 
     from . import ui

@@ -56,12 +56,31 @@ def gate_grad_norms(model: nn.Module) -> dict[str, float]:
     if not views:
         return {}
     norms = torch.stack(torch._foreach_norm(views)).float()  # one fused kernel over every block
-    index: dict[str, list[int]] = {}
-    for k, name in enumerate(names):
-        index.setdefault(name, []).append(k)
-    keys = list(index)
-    totals = torch.stack([norms[index[k]].square().sum().sqrt() for k in keys]).tolist()
+    keys, select = _grouping(names, norms.device)
+    squares = torch.where(select, norms.square(), 0.0)  # (keys, blocks); where, not a matmul: 0 * inf is NaN
+    totals = squares.sum(1).sqrt().tolist()  # the one host transfer
     return dict(zip(keys, totals))
+
+
+_GROUPINGS: dict[tuple, tuple[list[str], Tensor]] = {}
+
+
+def _grouping(names: list[str], device) -> tuple[list[str], Tensor]:
+    """The metric names in order and a (keys, blocks) mask of each metric's blocks: built once per model shape
+    and device, so no index list crosses to the device at each call (a Python-list index per gate was one
+    host-to-device copy per gate and step). A masked sum, not index_add_: deterministic on CUDA too."""
+    key = (tuple(names), str(device))
+    hit = _GROUPINGS.get(key)
+    if hit is None:
+        keys = list(dict.fromkeys(names))
+        pos = {k: i for i, k in enumerate(keys)}
+        select = torch.zeros(len(keys), len(names), dtype=torch.bool)
+        for j, name in enumerate(names):
+            select[pos[name], j] = True
+        if len(_GROUPINGS) > 64:  # many shapes in one process (tests): keep the cache small
+            _GROUPINGS.clear()
+        hit = _GROUPINGS[key] = (keys, select.to(device))
+    return hit
 
 
 def gate_stats(traces) -> dict[str, float]:

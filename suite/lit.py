@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .config import OptimConfig, TrainConfig
 from .diagnostics import gate_grad_norms
+from .finite import FiniteWatch, check_due
 from .model import SequenceModel, detach_state
 
 
@@ -59,6 +60,7 @@ class SuiteModule(pl.LightningModule):
         self._totals: dict[str, dict] = {}
         self._grad_norm: Tensor | None = None
         self._lr: float | None = None  # the learning rate the current step's optimizer step uses
+        self._finite = FiniteWatch()  # the first non-finite training loss, read back only when due
 
     # ------------------------------------------------------------------ the shared step
     def model_step(self, batch, stage: str):
@@ -69,10 +71,18 @@ class SuiteModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out, loss = self.model_step(batch, "train")
-        if not torch.isfinite(loss):
-            raise DivergedError(self.global_step, float(loss.detach()))
+        step = self.global_step
+        self._finite.watch(loss, step)  # on the device: no host sync per step
+        if check_due(step, self.train_cfg, self.total_steps()):  # before anything of this step is recorded
+            self.raise_if_diverged()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.x.shape[0])
         return loss
+
+    def raise_if_diverged(self) -> None:
+        """DivergedError at the first step whose loss was NaN/inf (one host transfer; called when due)."""
+        bad = self._finite.read()[0][0]
+        if bad is not None:
+            raise DivergedError(*bad)
 
     def _eval_step(self, batch, stage: str):
         out, _ = self.model_step(batch, stage)
@@ -98,6 +108,8 @@ class SuiteModule(pl.LightningModule):
             self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()}, prog_bar=(stage == "val"))
 
     def on_validation_epoch_start(self):
+        if not self.trainer.sanity_checking:
+            self.raise_if_diverged()  # a validation at an epoch's end (LM) need not fall on a checked step
         self._eval_start("val")
 
     def on_validation_epoch_end(self):

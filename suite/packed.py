@@ -276,6 +276,7 @@ class _Run:
 def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size: int, index: int,
                  pack_id: str = ""):
     """The member's MLflow run with the params, tags and config artifact of a single run (train.run)."""
+    from .gpu import precision_tags
     from .logger import SuiteLogger
     from .tracking import artifact_location, git_commit, mask, prepare_local_store, resolve_tracking_uri
     from .train import checkpoint_root, count_params, resolved_config, task_record
@@ -285,15 +286,17 @@ def _open_logger(cfg: RunConfig, task, model, member: Member, device: str, size:
     task_params, task_tags = task_record(task)
     tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__, "device": device,
             "seed": str(cfg.train.seed), **lock_tags(), **task_tags, "pack.size": str(size), "pack.index": str(index),
-            **({"pack.id": pack_id} if pack_id else {}), **member.tags}
+            **({"pack.id": pack_id} if pack_id else {}), **precision_tags(cfg.train.precision, device),
+            **member.tags}
     if device == "cpu":  # the fused loops' kernels in a pack: batched GEMMs, or none (vmapped reference steps)
         from .cells.base import KernelChoice, kernel_choice
 
+        det = "; deterministic algorithms on" if torch.are_deterministic_algorithms_enabled() else ""
         if packs_fast(model):
             tags["kernels"] = KernelChoice(False, kernel_choice().tanh_via_sigmoid, "packed: batched fused loops "
-                                           "(baddbmm)").describe()
+                                           f"(baddbmm){det}").describe()
         else:
-            tags["kernels"] = KernelChoice(False, False, "packed: vmapped reference steps").describe()
+            tags["kernels"] = KernelChoice(False, False, f"packed: vmapped reference steps{det}").describe()
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
@@ -323,10 +326,13 @@ def run_pack(members: list[Member]) -> list:
     keys = {pack_key(m.cfg) for m in members}
     if len(keys) > 1:
         raise SuiteError("a pack holds runs of one shape only (same cell, sizes, task and steps)")
+    from .gpu import apply_precision_policy, deterministic_algorithms
     from .logger import interrupts_outside_database_code
 
-    with interrupts_outside_database_code():  # SIGTERM ends a pack like Ctrl-C: its live members' runs end KILLED
-        return _Pack(members).fit()
+    apply_precision_policy()  # as train.run: one float32 precision for every cell
+    # train.deterministic is part of the pack's shape (pack_key), so every member asks the same
+    with interrupts_outside_database_code(), deterministic_algorithms(members[0].cfg.train.deterministic):
+        return _Pack(members).fit()  # SIGTERM ends a pack like Ctrl-C: its live members' runs end KILLED
 
 
 class _Pack:
@@ -334,6 +340,7 @@ class _Pack:
         import lightning.pytorch as pl
 
         from .diagnostics import batch_to
+        from .finite import FiniteWatch
         from .train import _diag_batch, _quiet_libraries, build_model, build_task, resolve_device
 
         cfg = members[0].cfg
@@ -359,6 +366,7 @@ class _Pack:
         except BaseException as exc:
             self._end_alive(exc)
             raise
+        self.finite = FiniteWatch(len(members))  # each member's first non-finite loss, on the device
         self.diag_batch = batch_to(_diag_batch(self.task, cfg.train.diag_batch), self.device)
         self.val = self.task.val_batches(self.device)
         self.test = self.task.test_batches(self.device)
@@ -409,8 +417,9 @@ class _Pack:
                     last_val = done
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(alive=sum(r.alive for r in self.runs),
-                                    loss=f"{sum(losses) / max(1, len(losses)):.4g}")
+                    if losses:  # read back on this step anyway
+                        bar.set_postfix(alive=sum(r.alive for r in self.runs),
+                                        loss=f"{sum(losses) / len(losses):.4g}")
             self.diagnose(self.steps)
             for r in self.runs:
                 if r.alive:
@@ -431,8 +440,15 @@ class _Pack:
         return [r.result() for r in self.runs]
 
     def train_step(self, s: int, alive: list[_Run]) -> list[float]:
-        """One optimizer step of every live model; returns their losses. s is the 0-based step index."""
+        """One optimizer step of every live model; returns their losses where this step reads them back (a step
+        that records something: :func:`suite.finite.check_due`), else []. s is the 0-based step index.
+
+        Nothing here reads a tensor back to the host on the other steps: the losses' finiteness is kept on the
+        device (:class:`suite.finite.FiniteWatch`) and read, with the losses, in one transfer when due; a model
+        whose loss turned NaN/inf in between leaves then, with the step and value of its first bad loss, before
+        anything of it is recorded (as DivergedError in a single run)."""
         from .diagnostics import gate_grad_norms
+        from .finite import check_due
 
         t = self.cfg.train
         batches = [next(r.batches) for r in alive]
@@ -441,20 +457,23 @@ class _Pack:
         self.batched.train(True)
         out, _ = self.batched(params, buffers, x)  # (A, B, T, output_size)
         losses = [self.task.loss(out[j], b) for j, b in enumerate(batches)]
-        values = torch.stack([l.detach() for l in losses]).tolist()  # one host transfer for the pack
-        finite = [math.isfinite(v) for v in values]
-        for r, ok, v in zip(alive, finite, values):
-            if not ok:  # as DivergedError in a single run
-                r.end("FAILED", "diverged", f"diverged: loss is {v} at step {s}", step=s)
-        kept = [l for l, ok in zip(losses, finite) if ok]
-        if not kept:
-            return values
-        self.backward(torch.stack(kept).sum(), params, [r for r, ok in zip(alive, finite) if ok],
-                      [j for j, ok in enumerate(finite) if ok])
+        stacked = torch.stack(losses)
+        self.finite.watch(stacked, s, [r.index for r in alive])
+        values: list[float] = []
+        keep = list(range(len(alive)))
+        if check_due(s, t, self.steps):
+            bad, values = self.finite.read(stacked)  # the one host transfer of this step
+            for j, r in enumerate(alive):
+                if bad[r.index] is not None:
+                    step, value = bad[r.index]
+                    r.end("FAILED", "diverged", f"diverged: loss is {value} at step {step}", step=step)
+            keep = [j for j, r in enumerate(alive) if r.alive]
+        if not keep:
+            return []
+        runs = [alive[j] for j in keep]
+        self.backward(torch.stack([losses[j] for j in keep]).sum(), params, runs, keep)
         log_now = (s + 1) % t.log_every == 0
-        for r, ok, v in zip(alive, finite, values):
-            if not ok:
-                continue
+        for j, r in zip(keep, runs):
             if s % t.grad_every == 0:
                 r.log(gate_grad_norms(r.model), step=s)
             clip = r.cfg.optim.clip
@@ -466,9 +485,9 @@ class _Pack:
             r.opt.zero_grad(set_to_none=True)
             if log_now:
                 n = float(norm)
-                r.log({"train/loss": v, "train/grad_norm": n,
+                r.log({"train/loss": values[j], "train/grad_norm": n,
                        "train/grad_norm_clipped": min(n, clip) if clip > 0 else n, "train/lr": lr}, step=s)
-        return [v for v, ok in zip(values, finite) if ok]
+        return [values[j] for j in keep] if values else []
 
     def backward(self, loss: Tensor, params: dict[str, Tensor], runs: list[_Run], rows: list[int]) -> None:
         """Each model's gradients, from the summed losses, as distinct tensors in its own ``.grad``.

@@ -53,6 +53,7 @@ import lightning.pytorch as pl
 from .config import RunConfig, build_config, load_yaml
 from .lit import PrunedRun
 from .logger import interrupts_outside_database_code
+from .gpu import is_unrecoverable_cuda_error, release_cuda_memory, worker_devices
 from .registry import SuiteError
 from .search import (DEFAULT_MARGIN, DESIGN_ATTR, DESIGN_KINDS, MarginPruner, default_points, design_points,
                      distributions, first_point, make_sampler as _sampler_for, prune_rule)
@@ -516,6 +517,7 @@ class Sweep:
         self._pack_reasons: dict[str, str | None] = {}  # cell -> why its trials cannot be packed (None: they can)
         self._noted: set[str] = set()  # cells whose "not packed" note was printed
         self._crashes: list[str] = []  # this worker's crashed trials since its last trained one
+        self.gpu_failure = ""  # an error that left this process's CUDA context unusable (suite.gpu)
 
     def base_config(self) -> RunConfig:
         return build_config(self.spec.task, self.spec.base)
@@ -809,6 +811,10 @@ class Sweep:
                     self.run_trial(cell, phase)
                 if progress:
                     progress()
+                if self.gpu_failure:
+                    raise SuiteError(f"sweep {self.spec.name}: this worker's GPU failed ({self.gpu_failure}); it "
+                                     "stops instead of taking more trials, which would fail alike. Its trials are "
+                                     "retried when the sweep resumes (run the same command)")
                 if len(self._crashes) >= CRASH_STREAK:  # each crash is retried, the sampler proposes more: a loop
                     raise SuiteError(f"sweep {self.spec.name}: the last {len(self._crashes)} trials crashed "
                                      f"(last: {self._crashes[-1]}); stopping instead of retrying for ever. Fix "
@@ -934,6 +940,9 @@ class Sweep:
             self._retry(study, trial_frozen(study, trial))
         self._crashes.append(f"{study.study_name}#{trial.number}: {first_line(exc)}")
         print(f"rnnsuite: trial {study.study_name}#{trial.number} crashed: {first_line(exc)}", file=sys.stderr)
+        release_cuda_memory()  # the failed trial's cached blocks: the next trial may need them
+        if is_unrecoverable_cuda_error(exc):  # every later kernel of this process fails alike: stop the worker
+            self.gpu_failure = first_line(exc)  # work() stops once the trials in hand are told
 
     # ------------------------------------------------------------------ packed trials
     def pack_size(self, cell: str, phase: str) -> int:
@@ -1402,12 +1411,13 @@ WORKER_STOP_S = 60.0  # how long a worker told to stop (SIGTERM) may take to end
 def _run_workers(sweep: Sweep, path, storage, tracking_uri, workers, clock: _Clock) -> None:
     import torch
 
-    gpus = torch.cuda.device_count()
+    # one GPU per worker, round-robin over this process's own CUDA_VISIBLE_DEVICES (indices, UUIDs, MIG ids)
+    devices = worker_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(), workers)
     procs = []
     for i in range(workers):
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker per GPU
+        if devices[i] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         # the stores go by environment, not argv: a password on a command line is visible to every user (ps)
         env.update(RNNSUITE_STORAGE=sweep.storage_url, MLFLOW_TRACKING_URI=sweep.tracking_uri)
         cmd = [sys.executable, "-m", "suite", "sweep", path, "--worker-only", "--quiet", "--pack",

@@ -26,6 +26,7 @@ from . import __version__, tasks
 from .tasks.base import split_batch
 from .config import RunConfig, build_config
 from .diagnostics import DiagnosticsCallback
+from .gpu import apply_precision_policy, precision_tags
 from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .provenance import lock_tags
@@ -171,6 +172,7 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    apply_precision_policy()  # one float32 precision for cuDNN's RNNs and the custom cells' matmuls
     ktags = kernel_tags(cfg, device)  # a bad $RNNSUITE_KERNELS is refused before anything is written
     task = build_task(cfg)
     pl.seed_everything(cfg.train.seed, verbose=False)
@@ -189,7 +191,8 @@ def run(cfg: RunConfig, *, resume_run_id: str | None = None, tags: dict[str, str
     prepare_local_store(uri)
     task_params, task_tags = task_record(task)
     run_tags = {"task": cfg.task.name, "cell": cfg.model.cell, "rnnsuite.version": __version__,
-                "device": device, "seed": str(cfg.train.seed), **lock_tags(), **ktags, **task_tags, **(tags or {})}
+                "device": device, "seed": str(cfg.train.seed), **lock_tags(), **ktags, **task_tags,
+                **precision_tags(cfg.train.precision, device), **(tags or {})}
     commit = git_commit()
     if commit:
         run_tags["git.commit"] = commit

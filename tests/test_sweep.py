@@ -286,6 +286,32 @@ def test_a_worker_whose_trials_all_crash_stops_instead_of_looping(tmp_path, monk
     assert not [t for cell in TINY["cells"] for t in sweep.study(cell).get_trials() if t.state == TrialState.RUNNING]
 
 
+def test_a_worker_stops_after_its_gpu_fails_instead_of_taking_more_trials(tmp_path, monkeypatch):
+    """After an error that leaves the CUDA context unusable every later trial of that process would crash alike:
+    the worker stops after the first, with one line, its trial told FAIL and enqueued again for a resume; an
+    out-of-memory crash is not such an error (the streak rule above still applies to it)."""
+    import suite.train
+    from suite.sweep import Sweep
+
+    def dead_gpu(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                           "asynchronously reported at some other API call")
+
+    monkeypatch.setattr(suite.train, "run", dead_gpu)
+    storage, tracking = stores(tmp_path)
+    sweep = Sweep(load_sweep(write(tmp_path, dict(TINY, budget={"trials": 50, "steps": 5}))), storage, tracking)
+    sweep.prepare()
+    with pytest.raises(SuiteError) as err:
+        sweep.work()
+    message = str(err.value)
+    assert "GPU failed (RuntimeError: CUDA error: an illegal memory access was encountered)" in message
+    assert "\n" not in message and "run the same command" in message
+    trials = [t for cell in TINY["cells"] for t in sweep.study(cell).get_trials()]
+    assert sum(t.state == TrialState.FAIL for t in trials) == 1  # one trial, not a streak of them
+    assert sum(t.state == TrialState.WAITING for t in trials) == 1  # its configuration waits for the resume
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
 def test_bad_storage_scheme(tmp_path):
     out = cli("sweep", str(write(tmp_path, TINY)), "--storage", "redis://localhost/0", cwd=tmp_path)
     assert out.returncode == 2 and "unsupported scheme 'redis'" in out.stderr

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..registry import SuiteError
+from . import graphs
 
 State = tuple[Tensor, ...]  # internal form: (h,) or (h, c)
 INIT_SCHEMES = ("orthogonal", "uniform")
@@ -174,7 +175,7 @@ class RecurrentCell(nn.Module):
             if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, *state, *w)):
                 out, *final = FusedLoop.apply(self, len(state), xp, *state, *w)
                 return out, tuple(final)
-            out, final, _ = self._fused_loop(xp, state, w, save=False)
+            out, final, _ = graphs.run_loop(self, xp, state, w, save=False, context=(models_packed(),))
             return out, final
 
     def _fused_loop(self, xp: Tensor, state: State, w: tuple[Tensor, ...], save: bool):
@@ -523,7 +524,8 @@ class FusedLoop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, n_state, xp, *tensors):
         state, w = tensors[:n_state], tensors[n_state:]
-        out, final, saved = cell._fused_loop(xp, state, w, save=True)
+        # a CUDA graph replay where RNNSUITE_CUDA_GRAPHS asks for one (suite.cells.graphs), else the eager loop
+        out, final, saved = graphs.run_loop(cell, xp, state, w, save=True, context=(models_packed(),))
         ctx.cell, ctx.n_state, ctx.n_w, ctx.models = cell, n_state, len(w), models_packed()
         ctx.save_for_backward(xp, out, *state, *w, *saved)
         return (out, *final)
@@ -535,9 +537,15 @@ class FusedLoop(torch.autograd.Function):
         n, k = ctx.n_state, ctx.n_w
         # dense incoming gradients: out.sum() sends an expanded (stride-0) one, slow to slice step by step
         d_out, d_final = d_out.contiguous(), tuple(d.contiguous() for d in d_final)
-        g = BPTTInputs(xp, out, tuple(rest[:n]), tuple(rest[n:n + k]), tuple(rest[n + k:]), d_out, d_final)
+        n_saved = len(rest) - n - k
+
+        def build(xp, out, *ts):
+            return BPTTInputs(xp, out, tuple(ts[:n]), tuple(ts[n:n + k]), tuple(ts[n + k:n + k + n_saved]),
+                              ts[n + k + n_saved], tuple(ts[n + k + n_saved + 1:]))
+
         with loop_kernels(), packed_models(ctx.models):
-            dxp, dstate, dw = ctx.cell.bptt(g)
+            dxp, dstate, dw = graphs.run_bptt(ctx.cell, [xp, out, *rest, d_out, *d_final], build,
+                                              context=(ctx.models,))
         return (None, None, dxp, *dstate, *dw)
 
 

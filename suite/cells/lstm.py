@@ -29,14 +29,16 @@ class FusedCell(RecurrentCell):
     chrono_gates: tuple[tuple[str, int], ...] = ()  # (gate, sign): where chrono init writes, in bias_ih
 
     def _forward(self, x: Tensor, state) -> tuple[Tensor, tuple[Tensor, ...]]:
-        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        if cpu_autocast:
-            # On CPU, autocast hands nn.LSTM/nn.GRU to oneDNN's bf16 primitive, which CPUs without bf16
-            # instructions (AVX2-only) refuse ("could not create a primitive descriptor"). The recurrence runs in
-            # the parameters' dtype instead, as every custom cell's does.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if autocast:
+            # Under autocast torch hands nn.LSTM/nn.GRU to a low-precision kernel: on CPU oneDNN's bf16 primitive
+            # (which CPUs without bf16 instructions, AVX2-only, refuse: "could not create a primitive
+            # descriptor"), on CUDA cuDNN in float16 whatever the autocast dtype. The recurrence runs in the
+            # parameters' dtype instead, as every custom cell's does: one precision for every cell's recurrence
+            # (suite.gpu's policy), so that comparisons between cells are fair.
             x, state = self._recurrence_inputs(x, state)
         hx = tuple(s.unsqueeze(0).contiguous() for s in state)  # nn wants (layers, B, H)
-        with autocast_off(x) if cpu_autocast else contextlib.nullcontext():
+        with autocast_off(x) if autocast else contextlib.nullcontext():
             out, hn = self.rnn(x, hx if len(hx) > 1 else hx[0])
         hn = hn if isinstance(hn, tuple) else (hn,)
         return out, tuple(s.squeeze(0) for s in hn)

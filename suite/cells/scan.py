@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from ..registry import SuiteError
 from torch.autograd.function import once_differentiable
 
+from ..gpu import deterministic_refusal
 from .base import RecurrentCell, State, autocast_off, gate_views
 from .registry import register
 
@@ -224,7 +225,13 @@ class _ScanCell(RecurrentCell):
         xp, state = self._recurrence_inputs(self.project(x), state)
         if self.mode == "logscan":  # the paper's form, differentiated by autograd
             with autocast_off(xp):
-                out = log_space_scan(*self.log_coefficients(xp), state[0])
+                try:
+                    out = log_space_scan(*self.log_coefficients(xp), state[0])
+                except RuntimeError as exc:  # float cumsum has no deterministic CUDA kernel in some torch builds
+                    line = deterministic_refusal(exc, f"{self.name()} mode=logscan", "mode=scan (the default)")
+                    if line is None:
+                        raise
+                    raise SuiteError(line) from None
             return out, (out[:, -1],)
         with autocast_off(xp):
             if torch.is_grad_enabled() and (xp.requires_grad or state[0].requires_grad):
