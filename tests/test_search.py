@@ -277,3 +277,11 @@ def test_default_warmup_is_a_quarter_of_the_budget_and_the_rule_is_on_the_study_
     assert epochs.warmup is None  # a quarter of each run's steps, known when it starts
     with pytest.raises(SuiteError, match="pruner.margin must be a non-negative number"):
         load_sweep(write(tmp_path, {**SPEC, "pruner": {"name": "median", "margin": -1}}, "bad.yaml"))
+
+
+def test_the_demo_design_points_are_the_ones_docs_state():
+    """docs/sweeps.md quotes the smoke sweep's two design points; they spread over the learning-rate range."""
+    points = load_sweep("smoke").design_points
+    assert [(round(p["optim.lr"], 5), p["optim.clip"]) for p in points] == [(0.02148, 5.0), (0.00423, 1.0)]
+    text = open(__file__.replace("tests/test_search.py", "docs/sweeps.md")).read()
+    assert "lr 0.0215 with clip 5 and lr 0.00423 with clip 1" in text
