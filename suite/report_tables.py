@@ -1,10 +1,12 @@
-"""The numbers of a comparison report, as pandas tables: leaderboard, significance, gates, tuning, fairness.
+"""The numbers of a comparison report, as pandas tables: the analysis, the leaderboard, runs and figure frames.
 
 Every table keeps raw values (written to CSV as they are) and gets its display strings from :func:`fmt` alone,
 so the HTML, the Markdown and the CSVs cannot disagree. What a cell scores is the mean over the seeds of its
 confirmed configuration (the top-k configuration of its search whose confirmation runs did best on the
 validation metric), with a Student-t interval (Greff et al. 2017; Melis et al. 2018 re-train the best
-configuration with several seeds in the same way).
+configuration with several seeds in the same way). The other tables are built by their own modules: verdicts
+(:mod:`.report_verdicts`), per-seed evidence (:mod:`.report_evidence`), gates (:mod:`.report_gates`), tuning
+(:mod:`.report_tuning`), fairness (:mod:`.report_provenance`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from .report_stats import t_interval
 
 DEFAULT_REFERENCE = "gru"  # the seed article's full GRU: what its simplified cell is measured against
 QUALITATIVE = "qualitative result"
-MIN_IMPORTANCE_TRIALS = 5  # completed trials below which hyperparameter importance is noise, not signal
 UPPER = {"mse": "MSE", "bpc": "BPC", "ppl": "perplexity", "acc": "accuracy", "loss": "loss"}
 
 
@@ -130,6 +131,8 @@ def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "we
     from .report_evidence import add_evidence, seed_values
     from .report_gates import chrono_split, gate_hist_frame, gates
     from .report_scale import scale_for
+    from .report_provenance import fairness
+    from .report_tuning import importance, trials_table
     from .report_verdicts import pairs, significance
 
     an.scale = scale_for(an.primary, _n_eval(data.runs))
@@ -353,100 +356,6 @@ def leaderboard_display(an: Analysis, raw: pd.DataFrame, extra: str | None) -> p
                     "seeds solved": r["seeds_solved"] or "—", "note": r["note"] or ""})
         out.append(row)
     return pd.DataFrame(out)
-
-
-# ---------------------------------------------------------------------------------------------- 6. tuning
-def importance_evaluator():
-    """fANOVA (Hutter et al. 2014), the evaluator of Greff et al. 2017, where scikit-learn is installed (MLflow
-    requires it); else PED-ANOVA (Watanabe et al. 2023), Optuna 5's default. Seeded: a report is reproducible."""
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
-
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return PedAnovaImportanceEvaluator(), "PED-ANOVA (Optuna PedAnovaImportanceEvaluator)"
-    return FanovaImportanceEvaluator(seed=0), "fANOVA (Optuna FanovaImportanceEvaluator, 64 trees, seed 0)"
-
-
-def importance(an: Analysis) -> None:
-    """Hyperparameter importance per cell over its completed search trials, or why it is not computed."""
-    from optuna.importance import get_param_importances
-    from optuna.trial import TrialState
-
-    evaluator, an.evaluator = importance_evaluator()
-    rows = []
-    for cell in an.cells:
-        complete = [t for t in an.data.trials[cell]["search"] if t.state == TrialState.COMPLETE
-                    and t.value is not None and math.isfinite(t.value)]
-        study = an.data.search_studies.get(cell)
-        if len(complete) < MIN_IMPORTANCE_TRIALS or study is None:
-            an.importance_notes[cell] = (f"too few completed trials for importance ({len(complete)} < "
-                                         f"{MIN_IMPORTANCE_TRIALS})")
-            continue
-        if not an.data.spec["search"]:
-            an.importance_notes[cell] = "nothing was searched"
-            continue
-        try:
-            scores = get_param_importances(study, evaluator=evaluator)
-        except (RuntimeError, ValueError) as exc:
-            an.importance_notes[cell] = f"importance not computable: {str(exc).splitlines()[0][:120]}"
-            continue
-        rows += [{"cell": cell, "param": k, "importance": v, "trials": len(complete)} for k, v in scores.items()]
-    raw = pd.DataFrame(rows, columns=["cell", "param", "importance", "trials"])
-    raw["evaluator"] = an.evaluator
-    display = pd.DataFrame([{"cell": r["cell"], "hyperparameter": r["param"], "importance": fmt(r["importance"], 3),
-                             "completed trials": fmt(r["trials"])} for _, r in raw.iterrows()])
-    an.tables["importance"] = Table("importance", raw, display)
-
-
-def trials_table(an: Analysis) -> Table:
-    """Every search trial from Optuna: its value (or last reported value if pruned) and its parameters."""
-    rows = []
-    for cell in an.cells:
-        best = math.nan
-        for t in sorted(an.data.trials[cell]["search"], key=lambda t: t.number):
-            value = t.value if t.value is not None else \
-                (list(t.intermediate_values.values())[-1] if t.intermediate_values else math.nan)
-            if t.state.name == "COMPLETE" and value is not None and math.isfinite(value):
-                best = value if not math.isfinite(best) else an.better(best, value)
-            rows.append({"cell": cell, "trial": t.number, "state": t.state.name, "value": value,
-                         "best_so_far": best, **{f"param.{k}": v for k, v in t.params.items()}})
-    raw = pd.DataFrame(rows)
-    if raw.empty:
-        raw = pd.DataFrame(columns=["cell", "trial", "state", "value", "best_so_far"])
-    return Table("trials", raw, raw.astype(str))
-
-
-# ---------------------------------------------------------------------------------------------- 7. fairness
-def fairness(an: Analysis) -> Table:
-    """Trials, runs, steps and training time per cell: the evidence that every cell got the same budget."""
-    from optuna.trial import TrialState
-
-    runs = an.data.runs
-    rows = []
-    for cell in an.cells:
-        search = an.data.trials[cell]["search"]
-        mine = runs[runs["cell"] == cell] if len(runs) else runs
-        counted = mine[mine["status"].isin(["FINISHED", "FAILED"])] if len(mine) else mine
-        count = {s: sum(t.state == s for t in search) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                TrialState.FAIL, TrialState.RUNNING)}
-        confirm_runs = counted[counted["phase"] == "confirm"] if len(counted) else counted
-        rows.append({"cell": cell, "budget": an.data.spec["trials"], "complete": count[TrialState.COMPLETE],
-                     "pruned": count[TrialState.PRUNED], "failed_retried": count[TrialState.FAIL],
-                     "running": count[TrialState.RUNNING], "confirm_runs": len(confirm_runs),
-                     "confirm_planned": an.data.confirm_planned[cell],
-                     "steps_trained": float(counted["steps"].sum()) if len(counted) else 0.0,
-                     "train_s": float(counted["train_s"].sum()) if len(counted) else 0.0,
-                     "seeds": ",".join(str(int(s)) for s in sorted(confirm_runs["seed"].dropna().unique()))
-                     if len(confirm_runs) else ""})
-    raw = pd.DataFrame(rows)
-    display = pd.DataFrame([{"cell": r["cell"], "search trials (complete + pruned / budget)":
-                             f"{r['complete']} + {r['pruned']} / {r['budget']}",
-                             "failed and retried": fmt(r["failed_retried"]), "running": fmt(r["running"]),
-                             "confirmation runs": f"{r['confirm_runs']}/{fmt(r['confirm_planned'])}",
-                             "steps trained": fmt(r["steps_trained"]), "training seconds": fmt(r["train_s"]),
-                             "confirmation seeds": r["seeds"] or "—"} for _, r in raw.iterrows()])
-    return Table("fairness", raw, display)
 
 
 def per_run(an: Analysis) -> Table:
