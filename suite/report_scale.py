@@ -160,7 +160,11 @@ def seeds_needed(sd: float, scale: Scale, ref_mean: float = math.nan, alpha: flo
         return 2.0
     if not delta > 0:
         return math.nan
-    for n in range(2, MAX_SEEDS + 1):
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    normal = 2 * (z * sd / delta) ** 2  # the normal approximation: the t-test needs at least this many
+    if normal > MAX_SEEDS:
+        return math.inf
+    for n in range(max(2, int(normal)), MAX_SEEDS + 1):
         df = 2 * n - 2
         crit = stats.t.ppf(1 - alpha / 2, df)
         ncp = delta / (sd * math.sqrt(2 / n))
