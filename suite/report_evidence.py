@@ -100,12 +100,20 @@ def add_evidence(an: Analysis) -> None:
             raw.loc[ours, f"baseline_{name}"] = base[name]
     sign = 1 if an.direction == "minimize" else -1
     order = raw[ours].assign(_k=sign * raw.loc[ours, f"{key}_center"]).sort_values("_k", na_position="last").index
-    raw = pd.concat([raw.loc[order], raw[~ours]]).reset_index(drop=True)
+    rows = [raw.loc[order], raw[~ours]]
+    if base and math.isfinite(base["empirical"]):  # beside the formula's row: the same predictor on the test set
+        rows.append(pd.DataFrame([{"cell": "baseline on the test set", "source": "task baseline",
+                                   f"test_{base['metric']}_mean": base["empirical"],
+                                   "note": "the baseline's predictor scored on the fixed test set", "citation": "",
+                                   "beats_baseline": "", "solved": "", "seeds_solved": ""}]))
+    raw = pd.concat(rows).reset_index(drop=True)
     for col in ("n_diverged", "n_failed", "n_planned"):
         raw[col] = pd.to_numeric(raw[col]).round().astype("Int64")
     table.raw = raw
     table.display = _display(an, raw, base)
     table.strong_rows = []
+    n_ours = int(ours.sum())
+    table.muted_rows = list(range(n_ours, len(table.display)))
 
 
 def _display(an: Analysis, raw: pd.DataFrame, base: dict) -> pd.DataFrame:

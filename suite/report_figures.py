@@ -153,19 +153,24 @@ def gate_use(an: Analysis) -> Figure | None:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(raw) + 2), 4))
     ax.bar(x - 0.2, raw["saturation_start"].fillna(0), 0.4, color="0.7", label="before training")
     colors = _colors(an.cells)
-    ax.bar(x + 0.2, raw["saturation_end"].fillna(0), 0.4, color=[colors[c] for c in raw["cell"]],
-           label="end of training")
+    ends = raw["near0_end"].notna() & raw["near1_end"].notna()  # runs since issue 21 log the two ends apart
+    near0 = raw["near0_end"].where(ends, 0.0)
+    ax.bar(x + 0.2, near0, 0.4, color=[colors[c] for c in raw["cell"]], hatch="///", edgecolor="white",
+           label="end of training, near 0 (hatched)")
+    ax.bar(x + 0.2, raw["saturation_end"].fillna(0) - near0, 0.4, bottom=near0,
+           color=[colors[c] for c in raw["cell"]], label="end of training, near 1 (or both, where not recorded)")
     ax.set_xticks(x, labels, rotation=40 if crowded else 0, ha="right" if crowded else "center",
                   rotation_mode="anchor" if crowded else "default")
     ax.set_ylim(0, 1)
     ax.axhline(0.5, color="0.4", ls=":", lw=1)
     ax.set_ylabel("fraction of activations < 0.1 or > 0.9")
     ax.set_title("gate saturation per gate (* = the gate that keeps the state)")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the bars
     return Figure("gate_use.png", png_bytes(fig),
                   "Gate use: the fraction of gate activations that are saturated (< 0.1 or > 0.9) on the diagnostic "
-                  "batch, before training (grey) and at the end (colour), mean over seeds; * marks the gate that keeps "
-                  "the state (GRU z, sgru Γu, LSTM f). Dotted: one half.", "gate saturation bars", "gates.csv")
+                  "batch, before training (grey) and at the end (colour: hatched the part near 0, solid the part "
+                  "near 1), mean over seeds; * marks the gate that keeps the state (GRU z, sgru Γu, LSTM f). Dotted: "
+                  "one half.", "gate saturation bars", "gates.csv")
 
 
 # ---------------------------------------------------------------------------------------------- 6. tuning

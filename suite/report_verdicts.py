@@ -146,7 +146,8 @@ def verdict_matrix(an: Analysis) -> pd.DataFrame:
 
 def standing(an: Analysis) -> dict:
     """The summary's verdict: {"winner": cell or None, "leader": best-centred cell, "tied": cells the leader does
-    not beat (the leader first), "inconclusive": [(a, b, seeds_for_2x)] among the tied}."""
+    not beat (the leader first), "inconclusive": [(a, b, seeds_for_2x)] of every inconclusive pair, those among
+    the tied first}."""
     cells = [c for c in an.cells if an.samples.get(c)]
     if not cells:
         return {"winner": None, "leader": None, "tied": [], "inconclusive": []}
@@ -158,8 +159,8 @@ def standing(an: Analysis) -> dict:
     winner = beats_all[0] if beats_all else None
     tied = [leader] + [c for c in cells if c != leader and m.loc[leader, c] != "better"]
     raw = an.tables["pairs"].raw
-    inconclusive = [(r.a, r.b, r.seeds_for_2x) for r in raw.itertuples()
-                    if r.outcome == "inconclusive" and r.a in tied and r.b in tied]
+    inconclusive = sorted(((r.a, r.b, r.seeds_for_2x) for r in raw.itertuples() if r.outcome == "inconclusive"),
+                          key=lambda p: not (p[0] in tied and p[1] in tied))  # the leaders' pairs first
     return {"winner": winner, "leader": leader, "tied": tied if winner is None else [winner],
             "inconclusive": inconclusive, "centers": centers}
 
