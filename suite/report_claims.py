@@ -55,9 +55,11 @@ def _standing_claim(an: Analysis, title: str, ours: pd.DataFrame, key: str) -> d
     elif len(st["tied"]) == 1:
         text = f"Only {st['leader']} has results on {title}: {value}."
     else:
-        text = (f"**No single cell is best** on {title}: {', '.join(st['tied'])} are not separated from one another "
-                f"or from the leader {st['leader']} ({value}, {what} and 95% interval over {fmt(row['n'])} seeds); "
-                "no cell beats every other after Holm's correction.")
+        others = st["tied"][1:]
+        text = (f"**No single cell is best** on {title}: the leader {st['leader']} ({value}, {what} and 95% "
+                f"interval over {fmt(row['n'])} seeds) "
+                + (f"is not separated from {', '.join(others)}" if others else "beats no other cell")
+                + "; no cell beats every other after Holm's correction.")
     return claim("standing", text, {"winner": st["winner"], "leader": st["leader"], "tied": st["tied"],
                                     "center": row[f"{key}_center"], "lo": row[f"{key}_lo"], "hi": row[f"{key}_hi"]},
                  "leaderboard", [f"{key}_center", f"{key}_lo", f"{key}_hi", f"{key}_seeds"], also="pairs.csv")
@@ -145,9 +147,10 @@ def _why_claims(an: Analysis) -> list[dict]:
                           f"{fmt(r.near0_end, 3) if math.isfinite(r.near0_end) else 'not recorded'}, near 1 "
                           f"{fmt(r.near1_end, 3) if math.isfinite(r.near1_end) else 'not recorded'}: mostly saturated "
                           f"{r.mostly_saturated}, mostly zeros and ones {r.zeros_and_ones}" for r in keep.itertuples())
+        numbers = {r.cell: {"gate": r.gate, "mostly_saturated": r.mostly_saturated, "zeros_and_ones": r.zeros_and_ones}
+                   for r in keep.itertuples()}
         out.append(claim("gates", f"Evidence, gate use of the state-keeping gate at the end of training: {shown} "
-                                  f"({RULE}).", {r.cell: {"gate": r.gate, "mostly_saturated": r.mostly_saturated,
-                                                          "zeros_and_ones": r.zeros_and_ones} for r in keep.itertuples()},
+                                  f"({RULE}).", numbers,
                          "gates", ["saturation_end", "near0_end", "near1_end", "mostly_saturated", "zeros_and_ones"]))
     imp = an.tables["importance"].raw
     if len(imp):

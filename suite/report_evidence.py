@@ -86,8 +86,9 @@ def add_evidence(an: Analysis) -> None:
         mine = seeds[seeds["cell"] == cell].sort_values("seed")
         raw.loc[i, ["scale", f"{key}_center", f"{key}_lo", f"{key}_hi", f"{key}_logmean", f"{key}_logsd"]] = \
             [an.scale.name, s.center, s.lo, s.hi, s.log_mean, s.log_sd]
-        raw.loc[i, f"{key}_seeds"] = ";".join(f"{int(r.seed)}:{'diverged' if r.status == 'diverged' else repr(r.value)}"
-                                              for r in mine.itertuples())
+        raw.loc[i, f"{key}_seeds"] = ";".join(  # seed:value, 'diverged' for a seed without a value
+            f"{int(r.seed)}:{'diverged' if r.status == 'diverged' else repr(float(r.value))}"
+            for r in mine.itertuples())
         raw.loc[i, ["n_diverged", "n_failed", "n_planned"]] = [
             int((mine["status"] == "diverged").sum()),
             len(failed_confirmations(an, cell)) - len(diverged_confirmations(an, cell)), len(mine)]
