@@ -26,7 +26,7 @@ from .report_design import design_figure, design_table
 from .report_figures import all_figures
 from .report_claims import build_claims, write_claims
 from .report_gates import RULE, gate_claim
-from .report_provenance import ARTIFACT_PATH, caveats_section, fairness_section, shown_store
+from .report_provenance import ARTIFACT_PATH, caveats_section, fairness_section, shown_store, task_title
 from .report_render import Box, Document, FigureBlock, Heading, Items, Para, TableBlock, to_html, to_markdown
 from .report_stats import ALPHA
 from .report_tables import DEFAULT_REFERENCE, Analysis, analyse, fmt, label
@@ -140,14 +140,6 @@ def write(out: Path, doc: Document, an: Analysis, figures: dict) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- the words
-def task_title(an: Analysis) -> str:
-    task = an.data.task
-    if task is None:
-        return an.data.spec["task"]
-    opts = ", ".join(f"{k}={v}" for k, v in task.options.items() if k in ("length", "level", "bptt"))
-    return f"{task.name} ({opts})" if opts else task.name
-
-
 def status_line(an: Analysis) -> str:
     p = an.progress
     done = (f"{p['search_done']} of {p['search_total']} search trials and {p['confirm_done']} of "

@@ -135,7 +135,7 @@ def _provenance(an: Analysis) -> list[str]:
         except metadata.PackageNotFoundError:
             pass
     commits = _distinct(an, "git.commit")
-    return [f"Task: {_task(an)}; objective {s['metric']} ({s['direction']}); search space "
+    return [f"Task: {task_title(an)}; objective {s['metric']} ({s['direction']}); search space "
             f"`{_json(s['search'])}`; sampler `{_json(s['sampler'])}`; pruner `{_json(s['pruner'])}`"
             + (f"; parameter-matched to {s['param_match']} recurrent parameters" if s["param_match"] else ""),
             f"Search seed (train.seed of every search trial): {_search_seeds(an)}; "
@@ -149,10 +149,13 @@ def _provenance(an: Analysis) -> list[str]:
             f"there under `{ARTIFACT_PATH}/`)"]
 
 
-def _task(an: Analysis) -> str:
-    from .report import task_title
-
-    return task_title(an)
+def task_title(an: Analysis) -> str:
+    """'adding (length=200)': the task and the options that define it."""
+    task = an.data.task
+    if task is None:
+        return an.data.spec["task"]
+    opts = ", ".join(f"{k}={v}" for k, v in task.options.items() if k in ("length", "level", "bptt"))
+    return f"{task.name} ({opts})" if opts else task.name
 
 
 def _search_seeds(an: Analysis) -> str:
