@@ -149,3 +149,15 @@ def test_an_old_sweep_without_gate_ends_reads_not_recorded(tmp_path):
     assert "Histograms of the gate activations: not recorded" in md and not (out / "gate_hist.png").exists()
     assert "# rebuilt: the sweep predates its recorded command" in md
     assert check_claims(out) == []
+
+
+def test_more_than_five_cells_get_one_curve_panel_each(tmp_path):
+    made = write_synthetic_sweep(tmp_path, n_runs=36, n_cells=6, name="six")
+    out, result = _report(tmp_path, made)
+    md = (out / "report.md").read_text()
+    assert "val MSE per cell (one panel each, shared axes)" in md
+    assert check_claims(out) == []
+    from suite.report_figures import colors
+
+    palette = colors(made["cells"])
+    assert len(set(palette.values())) == 6  # a colour per cell, from a palette whose colours stay apart
