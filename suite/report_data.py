@@ -263,7 +263,8 @@ def history_keys(row: pd.Series, metric: str, baseline_metric: str | None) -> li
     if baseline_metric:
         keys.add(f"val/{baseline_metric}")
     for col in row.index:
-        if col.startswith("metrics.gates/") and pd.notna(row[col]):
+        if col.startswith("metrics.gates/") and pd.notna(row[col]) and not col.endswith(("/near0", "/near1")):
+            # the ends' start values come from gate_hist.csv (its first and last bins): fewer history reads
             keys.add(col[len("metrics."):])
     return sorted(k for k in keys if f"metrics.{k}" in row.index  # a diverged run's last value may be NaN
                   and (pd.notna(row[f"metrics.{k}"]) or row.get("status") == "FAILED"))

@@ -46,6 +46,19 @@ def _start(hist: pd.DataFrame, runs: pd.DataFrame, key: str) -> float:
     return float(first["value"].mean())
 
 
+def _hist_start(an: Analysis, runs: pd.DataFrame, layer: str, gate: str, end: str) -> float:
+    """near0 (the first bin) or near1 (the last) at each run's first diagnosed step, mean over the runs."""
+    h = an.data.gate_hists
+    if h is None or h.empty:
+        return math.nan
+    h = h[h["run_id"].isin(runs["run_id"]) & (h["layer"] == layer) & (h["gate"] == gate)]
+    if h.empty:
+        return math.nan
+    h = h[h["step"] == h.groupby("run_id")["step"].transform("min")]
+    edge = h["bin"].min() if end == "near0" else h["bin"].max()
+    return float(h.loc[h["bin"] == edge, "fraction"].mean())
+
+
 def _end(runs: pd.DataFrame, key: str) -> float:
     col = f"metrics.{key}"
     return float(runs[col].mean()) if col in runs and runs[col].notna().any() else math.nan
@@ -79,7 +92,7 @@ def gates(an: Analysis) -> Table:
                    "mean_start": _start(hist, runs, f"{base}/mean"), "mean_end": _end(runs, f"{base}/mean"),
                    "n": int(runs[f"metrics.{key}"].notna().sum())}
             for end in ("near0", "near1"):
-                row[f"{end}_start"] = _start(hist, runs, f"{base}/{end}")
+                row[f"{end}_start"] = _hist_start(an, runs, layer, gate, end)
                 row[f"{end}_end"] = _end(runs, f"{base}/{end}")
             row["mostly_saturated"], row["zeros_and_ones"] = claims(row["near0_end"], row["near1_end"],
                                                                     row["saturation_end"])

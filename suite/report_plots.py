@@ -43,18 +43,19 @@ def _seed_histories(an: Analysis, key: str) -> pd.DataFrame:
     return mine[mine["run_id"].isin(keep)]
 
 
-def _curve_panel(ax, an: Analysis, key: str, cells: list[str], palette, mean: pd.DataFrame) -> list[float]:
-    seeds = _seed_histories(an, key)
+def _curve_panel(ax, an: Analysis, key: str, cells: list[str], palette, mean: pd.DataFrame,
+                 seeds: pd.DataFrame) -> list[float]:
     values = []
     for cell in cells:
         for run_id, s in seeds[seeds["cell"] == cell].groupby("run_id"):
             s = s.sort_values("step")
             failed = (s["status"] == "FAILED").any()
-            ax.plot(s["step"], s["value"], color=palette[cell], lw=0.7, alpha=0.45, ls="--" if failed else "-")
+            ax.plot(s["step"].to_numpy(), s["value"].to_numpy(), color=palette[cell], lw=0.7, alpha=0.45,
+                    ls="--" if failed else "-")
             if failed:
                 ax.plot(s["step"].iloc[-1:], s["value"].iloc[-1:], "x", color=palette[cell], ms=6,
                         label="diverged seed (ends at ×)")
-            values += list(s["value"])
+            values += [s["value"].min(), s["value"].max()]  # the range is all the axis scale needs
         c = mean[(mean["cell"] == cell) & (mean["key"] == key)].sort_values("step")
         if len(c):
             ax.plot(c["step"], c["mean"], color=palette[cell], lw=2.0, label=f"{cell} (n={int(c['n'].max())})")
@@ -81,24 +82,26 @@ def learning_curves(an: Analysis) -> Figure | None:
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), sharex=True, sharey=True,
                                  squeeze=False)
         values = []
+        seeds = _seed_histories(an, key)  # once: every panel takes its cell's rows
         for ax, cell in zip(axes.ravel(), cells):
-            values += _curve_panel(ax, an, key, [cell], palette, frame)
+            values += _curve_panel(ax, an, key, [cell], palette, frame, seeds)
             ax.set_title(cell)
         for ax in axes.ravel()[len(cells):]:
             ax.set_visible(False)
         log_if_positive(axes[0, 0], values)
         fig.supxlabel(STEP)
         fig.supylabel(label(key))
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93, wspace=0.08, hspace=0.3)
         what = f"{label(key)} per cell (one panel each, shared axes)"
     else:
         fig, axes = plt.subplots(1, len(keys), figsize=(6.4 * len(keys), 4), squeeze=False)
         for ax, key in zip(axes[0], keys):
-            log_if_positive(ax, _curve_panel(ax, an, key, cells, palette, frame))
+            log_if_positive(ax, _curve_panel(ax, an, key, cells, palette, frame, _seed_histories(an, key)))
             ax.set_xlabel(STEP)
             ax.set_ylabel(label(key))
             ax.set_title(f"{label(key)} during training (confirmed configuration)")
         what = ", ".join(label(k) for k in keys)
-    fig.tight_layout()
+        fig.tight_layout()
     _legend_outside(fig, axes)
     return Figure("learning_curves.png", png_bytes(fig),
                   f"Learning curves: {what} against training steps; thin lines: every seed of each cell's confirmed "
@@ -220,7 +223,7 @@ def gate_histograms(an: Analysis) -> Figure | None:
         ax.set_visible(False)
     fig.supxlabel("gate activation")
     fig.supylabel("fraction of activations")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.08, hspace=0.35)  # fixed: fast
     handles = [plt.Rectangle((0, 0), 1, 1, color="0.65"), plt.Rectangle((0, 0), 1, 1, color="0.2")]
     fig.legend(handles, ["before training (grey)", "end of training (cell colour)"], loc="center left",
                bbox_to_anchor=(1.0, 0.5), frameon=False)

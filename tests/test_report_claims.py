@@ -126,6 +126,7 @@ def test_gate_ends_and_histograms(edited):
     gates = pd.read_csv(edited["out"] / "gates.csv")
     assert gates["near0_end"].notna().all() and gates["near1_end"].notna().all()
     assert (gates["near0_end"] + gates["near1_end"]).to_numpy() == pytest.approx(gates["saturation_end"].to_numpy())
+    assert gates["near0_start"].to_numpy() == pytest.approx(0.1)  # the histogram's first bin before training
     hist = pd.read_csv(edited["out"] / "gate_hist.csv")
     assert set(hist["when"]) == {"start", "end"}
     sums = hist.groupby(["cell", "gate", "when"])["fraction"].sum()
