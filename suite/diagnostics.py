@@ -2,7 +2,9 @@
 
 * per-gate gradient norms of the recurrent weights (the fused matrices split by gate), one fused
   ``torch._foreach_norm`` call for all blocks of the model;
-* gate use on a fixed diagnostic batch: mean activation and saturation (fraction < 0.1 or > 0.9) per gate;
+* gate use on a fixed diagnostic batch: mean activation, saturation (fraction < 0.1 or > 0.9) and its two ends
+  apart (near0: < 0.1, near1: > 0.9) per gate, and a histogram of the activations in HIST_BINS fixed bins on
+  [0, 1] (artifact diagnostics/gate_hist.csv), so "mostly zeros and ones" can be told from "almost always keep";
 * the vanishing-gradient profile G_t = ||dL/dh_t|| (batch mean of per-sequence L2 norms) for every time step
   of the first recurrent layer (and c_t for LSTMs), with the summary diag/grad_decay =
   log10(mean G over the first 10 steps / mean G over the last 10 steps) (Arjovsky et al. 2016 plot this).
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 SAT_LOW, SAT_HIGH = 0.1, 0.9  # the saturation band of DESIGN.md
 EDGE = 10  # time steps averaged at each end for diag/grad_decay
+HIST_BINS = 10  # equal bins on [0, 1]: the first is near0 (< 0.1), the last near1 (> 0.9)
 
 
 def gate_blocks(model: nn.Module) -> list[tuple[str, str, Tensor]]:
@@ -84,18 +87,37 @@ def _grouping(names: list[str], device) -> tuple[list[str], Tensor]:
 
 
 def gate_stats(traces) -> dict[str, float]:
-    """gates/<layer>/<gate>/mean and .../saturation from the layers' traces."""
+    """gates/<layer>/<gate>/mean, .../saturation (< 0.1 or > 0.9), .../near0 (< 0.1) and .../near1 (> 0.9)."""
     keys, values = [], []
     for i, tr in enumerate(traces):
         for g, a in tr.gates.items():
             a = a.detach().float()
-            keys += [f"gates/l{i}/{g}/mean", f"gates/l{i}/{g}/saturation"]
-            values += [a.mean(), ((a < SAT_LOW) | (a > SAT_HIGH)).float().mean()]
+            low, high = (a < SAT_LOW).float().mean(), (a > SAT_HIGH).float().mean()
+            keys += [f"gates/l{i}/{g}/mean", f"gates/l{i}/{g}/saturation", f"gates/l{i}/{g}/near0",
+                     f"gates/l{i}/{g}/near1"]
+            values += [a.mean(), low + high, low, high]
     return dict(zip(keys, torch.stack(values).tolist())) if values else {}
 
 
+def gate_histogram(traces) -> dict[tuple[str, str], list[float]]:
+    """(layer, gate) -> fraction of the activations in each of HIST_BINS equal bins on [0, 1] (sums to 1)."""
+    out = {}
+    for i, tr in enumerate(traces):
+        for g, a in tr.gates.items():
+            a = a.detach().float().flatten().clamp(0, 1)
+            counts = torch.histc(a, bins=HIST_BINS, min=0.0, max=1.0)
+            out[(f"l{i}", g)] = (counts / max(1, a.numel())).tolist()
+    return out
+
+
 def gradient_profile(model: nn.Module, task, batch) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """G_t for layer 0 (h, and c where the cell has one) and the gate statistics, on one batch.
+    """G_t for layer 0 (h, and c where the cell has one) and the gate statistics, on one batch."""
+    profile, stats, _ = diagnose(model, task, batch)
+    return profile, stats
+
+
+def diagnose(model: nn.Module, task, batch):
+    """(profile, gate statistics, gate histograms) on one batch: see gradient_profile and gate_histogram.
 
     Runs in eval mode (no dropout, batch-norm statistics frozen) and uses torch.autograd.grad, so the
     parameters' .grad fields, which training owns, are not touched.
@@ -115,9 +137,27 @@ def gradient_profile(model: nn.Module, task, batch) -> tuple[dict[str, list[floa
             gs = [g if g is not None else torch.zeros_like(flat[0]) for g in grads[k * T:(k + 1) * T]]
             per_step = torch.stack(gs, 1).float().norm(dim=2).mean(0)  # (T,)
             profile[name] = per_step.tolist()
-        return profile, gate_stats(traces)
+        return profile, gate_stats(traces), gate_histogram(traces)
     finally:
         model.train(was_training)
+
+
+def hist_rows(step: int, hist: dict[tuple[str, str], list[float]]) -> list[tuple[int, str, str, int, float]]:
+    """gate_hist.csv rows (step, layer, gate, bin, fraction) of one diagnosed step."""
+    return [(step, layer, gate, b, f) for (layer, gate), fracs in hist.items() for b, f in enumerate(fracs)]
+
+
+def write_gate_hist(rows: list[tuple[int, str, str, int, float]], folder: Path) -> list[Path]:
+    """diagnostics/gate_hist.csv: step, layer, gate, bin, lo, hi, fraction (HIST_BINS equal bins on [0, 1])."""
+    if not rows:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "gate_hist.csv"
+    with path.open("w") as f:
+        f.write("step,layer,gate,bin,lo,hi,fraction\n")
+        for step, layer, gate, b, frac in rows:
+            f.write(f"{step},{layer},{gate},{b},{b / HIST_BINS:g},{(b + 1) / HIST_BINS:g},{frac:.6g}\n")
+    return [path]
 
 
 def batch_to(batch, device):
@@ -183,6 +223,7 @@ class DiagnosticsCallback(pl.Callback):
     def __init__(self, task, batch, every: int, folder: Path):
         self.task, self.batch, self.every, self.folder = task, batch, every, folder
         self.rows: list[tuple[int, str, int, float]] = []
+        self.hist: list[tuple[int, str, str, int, float]] = []  # gate_hist.csv rows
         self._done: set[int] = set()
 
     def measure(self, trainer, module) -> None:
@@ -192,9 +233,10 @@ class DiagnosticsCallback(pl.Callback):
         self._done.add(step)
         if self.batch.x.device != module.device:
             self.batch = batch_to(self.batch, module.device)
-        profile, stats = gradient_profile(module.model, self.task, self.batch)
+        profile, stats, hist = diagnose(module.model, self.task, self.batch)
         for state, norms in profile.items():
             self.rows.extend((step, state, t, n) for t, n in enumerate(norms))
+        self.hist.extend(hist_rows(step, hist))
         stats["diag/grad_decay"] = grad_decay(profile["h"])
         if "c" in profile:
             stats["diag/grad_decay_c"] = grad_decay(profile["c"])
@@ -217,5 +259,5 @@ class DiagnosticsCallback(pl.Callback):
     def upload(self, trainer) -> None:
         if not self.rows or trainer.logger is None:
             return
-        for path in write_profile(self.rows, self.folder):
+        for path in write_profile(self.rows, self.folder) + write_gate_hist(self.hist, self.folder):
             trainer.logger.experiment.log_artifact(trainer.logger.run_id, str(path), "diagnostics")

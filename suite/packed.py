@@ -233,6 +233,7 @@ class _Run:
         self.outcome, self.status, self.reason = "finished", "FINISHED", ""
         self.metrics: dict[str, float] = {}
         self.rows: list[tuple[int, str, int, float]] = []  # gradient-profile rows (step, state, t, norm)
+        self.hist: list[tuple[int, str, str, int, float]] = []  # gate-histogram rows (diagnostics.hist_rows)
         self.train_s = 0.0  # this member's share of the pack's training time
         self.logger = _open_logger(self.cfg, task, model, member, device, size, index, pack_id)
         self.run_id = self.logger.run_id
@@ -259,12 +260,12 @@ class _Run:
     def upload(self) -> None:
         if not self.rows:
             return
-        from .diagnostics import write_profile
+        from .diagnostics import write_gate_hist, write_profile
 
         with tempfile.TemporaryDirectory(prefix="rnnsuite-pack-diag-") as folder:  # MLflow keeps its own copies
-            for path in write_profile(self.rows, Path(folder)):
+            for path in write_profile(self.rows, Path(folder)) + write_gate_hist(self.hist, Path(folder)):
                 self.logger.experiment.log_artifact(self.run_id, str(path), "diagnostics")
-        self.rows = []
+        self.rows, self.hist = [], []
 
     def result(self):
         from .train import RunResult
@@ -542,7 +543,7 @@ class _Pack:
 
     def diagnose(self, step: int) -> None:
         """Gate statistics and the gradient profile of every live model on the fixed diagnostic batch."""
-        from .diagnostics import grad_decay, gradient_profile
+        from .diagnostics import diagnose, grad_decay, hist_rows
 
         if step in self._diagnosed:
             return
@@ -550,9 +551,10 @@ class _Pack:
         for r in self.runs:
             if not r.alive:
                 continue
-            profile, stats = gradient_profile(r.model, self.task, self.diag_batch)
+            profile, stats, hist = diagnose(r.model, self.task, self.diag_batch)
             for state, norms in profile.items():
                 r.rows.extend((step, state, t, n) for t, n in enumerate(norms))
+            r.hist.extend(hist_rows(step, hist))
             stats["diag/grad_decay"] = grad_decay(profile["h"])
             if "c" in profile:
                 stats["diag/grad_decay_c"] = grad_decay(profile["c"])

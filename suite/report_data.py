@@ -22,11 +22,13 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from .registry import SuiteError
+from .report_keys import parse_equivalence
 from .tracking import mask
 
 LEVEL_TAG = "rnnsuite.level"
 PAGE = 5000  # runs per search_runs page
 PROFILE = "diagnostics/grad_profile.csv"
+GATE_HIST = "diagnostics/gate_hist.csv"  # runs since issue 21; older runs have none ("not recorded")
 TAGS_KEPT = ("cell", "phase", "trial", "seed", "study", "task", "confirm.rank", "confirm.source_trial", "device",
              "git.commit", "rnnsuite.version", "rnnsuite.lock", "rnnsuite.lock_match", "pruned.reason", "pruned.step",
              "failure.reason", "failure.step", "mlflow.parentRunId", "rnnsuite.command")
@@ -47,6 +49,7 @@ class SweepData:
     trials: dict[str, dict[str, list]]  # cell -> {"search": [FrozenTrial], "confirm": [FrozenTrial]}
     search_studies: dict[str, Any]  # cell -> optuna Study (for hyperparameter importance)
     confirm_planned: dict[str, int | None]  # cell -> confirmation runs enqueued (None until its search ended)
+    gate_hists: pd.DataFrame = None  # run_id, step, layer, gate, bin, lo, hi, fraction (where logged)
     task: Any = None  # the Task (baseline, solved, published), None if it cannot be rebuilt here
     task_note: str = ""  # why the task could not be rebuilt
     notes: list[str] = field(default_factory=list)
@@ -132,7 +135,8 @@ def parse_spec(parent, run_cells: list[str]) -> dict:
             "trials": int(p.get("trials_per_cell", 0) or 0), "steps": int(p.get("steps", 0) or 0),
             "epochs": int(p.get("epochs", 0) or 0), "top_k": int(p.get("confirm.top_k", 1) or 1),
             "seeds": seeds, "param_match": int(p.get("param_match", 0) or 0), "storage": p.get("storage", ""),
-            "task": parent.data.tags.get("task", ""), "description": parent.data.tags.get("description", "")}
+            "task": parent.data.tags.get("task", ""), "description": parent.data.tags.get("description", ""),
+            "equivalence": parse_equivalence(p.get("report.equivalence"))}
     for key in ("search", "sampler", "pruner", "design"):
         try:
             spec[key] = json.loads(p.get(key, "{}"))
@@ -259,9 +263,11 @@ def history_keys(row: pd.Series, metric: str, baseline_metric: str | None) -> li
     if baseline_metric:
         keys.add(f"val/{baseline_metric}")
     for col in row.index:
-        if col.startswith("metrics.gates/") and pd.notna(row[col]):
+        if col.startswith("metrics.gates/") and pd.notna(row[col]) and not col.endswith(("/near0", "/near1")):
+            # the ends' start values come from gate_hist.csv (its first and last bins): fewer history reads
             keys.add(col[len("metrics."):])
-    return sorted(k for k in keys if f"metrics.{k}" in row.index and pd.notna(row[f"metrics.{k}"]))
+    return sorted(k for k in keys if f"metrics.{k}" in row.index  # a diverged run's last value may be NaN
+                  and (pd.notna(row[f"metrics.{k}"]) or row.get("status") == "FAILED"))
 
 
 def load_histories(client, confirm: pd.DataFrame, metric: str, baseline_metric: str | None) -> pd.DataFrame:
@@ -292,21 +298,27 @@ def _no_progress_bars():
             os.environ[key] = old
 
 
-def load_profiles(client, confirm: pd.DataFrame) -> pd.DataFrame:
-    """The ||dL/dh_t|| profiles (diagnostics/grad_profile.csv) of the confirmation runs that logged one."""
+def load_profiles(client, confirm: pd.DataFrame, path: str = PROFILE,
+                  columns=("step", "state", "t", "norm")) -> pd.DataFrame:
+    """A diagnostics CSV artifact (by default the ||dL/dh_t|| profile) of every confirmation run that logged one."""
     frames = []
     with tempfile.TemporaryDirectory(prefix="rnnsuite-report-") as tmp, _no_progress_bars():
         for run_id in confirm["run_id"]:
             try:
-                path = client.download_artifacts(run_id, PROFILE, str(Path(tmp) / run_id))
+                local = client.download_artifacts(run_id, path, str(Path(tmp) / run_id))
             except Exception:
-                continue  # a run stopped before its first diagnostics
-            frame = pd.read_csv(path)
+                continue  # a run stopped before its first diagnostics, or one from before the artifact existed
+            frame = pd.read_csv(local)
             frame.insert(0, "run_id", run_id)
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["run_id", "step", "state", "t", "norm"])
+        return pd.DataFrame(columns=["run_id", *columns])
     return pd.concat(frames, ignore_index=True)
+
+
+def _diverged(runs: pd.DataFrame) -> pd.Series:
+    reason = runs["tags.failure.reason"] if "tags.failure.reason" in runs else pd.Series("", index=runs.index)
+    return (runs["status"] == "FAILED") & reason.fillna("").str.startswith("diverged")
 
 
 # ---------------------------------------------------------------------------------------------- all of it
@@ -338,9 +350,11 @@ def load(name: str, storage_flag: str | None, tracking_uri: str | None) -> Sweep
     if not spec["metric"] and task is not None:
         spec["metric"] = f"val/{task.metric}"
     baseline_metric = task.baseline.metric if task is not None else None
-    confirm = runs[(runs["phase"] == "confirm") & (runs["status"] == "FINISHED")] if len(runs) else runs
+    confirm = runs[(runs["phase"] == "confirm") & ((runs["status"] == "FINISHED") | _diverged(runs))] \
+        if len(runs) else runs  # diverged seeds too: the report draws them, never leaves them out silently
     histories = load_histories(client, confirm, spec["metric"], baseline_metric)
     profiles = load_profiles(client, confirm)
+    hists = load_profiles(client, confirm, GATE_HIST, ("step", "layer", "gate", "bin", "lo", "hi", "fraction"))
     return SweepData(name=name, tracking_uri=uri, storage_url=storage_url, parent=parent, spec=spec, runs=runs,
-                     histories=histories, profiles=profiles, trials=trials, search_studies=studies,
+                     histories=histories, profiles=profiles, gate_hists=hists, trials=trials, search_studies=studies,
                      confirm_planned=planned, task=task, task_note=note)

@@ -38,12 +38,18 @@ def pyplot():
     return plt
 
 
-def _colors(cells: list[str]) -> dict[str, tuple]:
-    """One fixed colour per cell in every figure (tab10 order of the sweep's cells)."""
-    import matplotlib
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+MORE = ("#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#1F3A93")  # distinct from the eight above
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {c: cmap(i % 10) for i, c in enumerate(cells)}
+
+def colors(cells: list[str]) -> dict[str, str]:
+    """One fixed colour per cell in every figure: Okabe & Ito's colour-blind-safe eight, then six more that stay
+    apart from them (beyond 14 cells colours repeat; the curves are then small multiples, one panel per cell)."""
+    palette = OKABE_ITO + MORE
+    return {c: palette[i % len(palette)] for i, c in enumerate(cells)}
+
+
+_colors = colors
 
 
 def _shared_legend(fig, axes) -> None:
@@ -64,7 +70,7 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _baseline(ax, an: Analysis, metric: str) -> list[float]:
+def baseline_line(ax, an: Analysis, metric: str) -> list[float]:
     """Draw the task's baseline where the axis shows its metric; returns [value] (for the axis scale) or []."""
     task = an.data.task
     if task is not None and metric.rpartition("/")[2] == task.baseline.metric:
@@ -74,44 +80,11 @@ def _baseline(ax, an: Analysis, metric: str) -> list[float]:
     return []
 
 
-def _log_if_positive(ax, values) -> None:
+def log_if_positive(ax, values) -> None:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if len(v) and (v > 0).all() and v.max() / v.min() > 20:
         ax.set_yscale("log")
-
-
-# ---------------------------------------------------------------------------------------------- 3. learning curves
-def learning_curves(an: Analysis) -> Figure | None:
-    """The objective (and the baseline's metric, if another) against steps: mean line, ±1 sd band over seeds."""
-    frame = an.frames["curves"]
-    keys = [an.metric]
-    task = an.data.task
-    if task is not None and task.baseline.metric != an.short:
-        keys.append(f"val/{task.baseline.metric}")
-    keys = [k for k in keys if (frame["key"] == k).any()]
-    if not keys:
-        return None
-    plt = pyplot()
-    colors = _colors(an.cells)
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.4 * len(keys), 4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        part = frame[frame["key"] == key]
-        for cell in an.cells:
-            c = part[part["cell"] == cell].sort_values("step")
-            if c.empty:
-                continue
-            ax.plot(c["step"], c["mean"], color=colors[cell], lw=1.6, label=f"{cell} (n={int(c['n'].max())})")
-            ax.fill_between(c["step"], c["min"], c["max"], color=colors[cell], alpha=0.18, lw=0)
-        _log_if_positive(ax, [*part["min"], *part["max"], *_baseline(ax, an, key)])
-        ax.set_xlabel(STEP)
-        ax.set_ylabel(label(key))
-        ax.set_title(f"{label(key)} during training (confirmed configuration)")
-        ax.legend(loc="best")
-    return Figure("learning_curves.png", png_bytes(fig),
-                  f"Learning curves: {', '.join(label(k) for k in keys)} against training steps; line: mean over the "
-                  "seeds of each cell's confirmed configuration, band: their range (lowest to highest seed); dashed: "
-                  "the task's baseline.", "learning curves per cell", "curves.csv")
 
 
 # ---------------------------------------------------------------------------------------------- 4. gradient flow
@@ -137,13 +110,18 @@ def gradient_flow(an: Analysis) -> Figure | None:
     return Figure("gradient_flow.png", png_bytes(fig),
                   "Gradient flow (Arjovsky et al. 2016 plot the same): left and middle, ‖∂L/∂h_t‖ for every time "
                   "step t of the diagnostic batch before and after training, log scale, mean over seeds; a line that "
-                  "falls towards t = 0 is a vanishing gradient. Right: the global gradient norm over training.",
+                  "falls towards t = 0 is a vanishing gradient; ▼ on the bottom edge: time steps where it underflowed "
+                  "to exactly 0 (no point on a log scale). Right: the global gradient norm over training.",
                   "gradient norm per time step and over training", "grad_profile.csv, curves.csv")
 
 
 def _profile_panel(ax, an: Analysis, prof: pd.DataFrame, when: str, colors) -> None:
     part = prof[(prof["when"] == when) & (prof["norm"] > 0)]
     _lines(ax, an, part.rename(columns={"norm": "mean"}), "t", colors)
+    zero = prof[(prof["when"] == when) & (prof["norm"] <= 0)]
+    for cell, z in zero.groupby("cell"):  # underflowed to 0: no point on a log axis, so marked on its bottom edge
+        ax.plot(z["t"], np.zeros(len(z)), ls="", marker="v", ms=4, color=colors[cell], clip_on=False,
+                transform=ax.get_xaxis_transform(), label=f"{cell}: 0 (underflow)")
     ax.set_yscale("log")
     if len(prof):  # both panels on one scale: the start and the end compare at a glance
         ax.set_ylim(top=3 * prof["norm"].max())
@@ -175,19 +153,24 @@ def gate_use(an: Analysis) -> Figure | None:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(raw) + 2), 4))
     ax.bar(x - 0.2, raw["saturation_start"].fillna(0), 0.4, color="0.7", label="before training")
     colors = _colors(an.cells)
-    ax.bar(x + 0.2, raw["saturation_end"].fillna(0), 0.4, color=[colors[c] for c in raw["cell"]],
-           label="end of training")
+    ends = raw["near0_end"].notna() & raw["near1_end"].notna()  # runs since issue 21 log the two ends apart
+    near0 = raw["near0_end"].where(ends, 0.0)
+    ax.bar(x + 0.2, near0, 0.4, color=[colors[c] for c in raw["cell"]], hatch="///", edgecolor="white",
+           label="end of training, near 0 (hatched)")
+    ax.bar(x + 0.2, raw["saturation_end"].fillna(0) - near0, 0.4, bottom=near0,
+           color=[colors[c] for c in raw["cell"]], label="end of training, near 1 (or both, where not recorded)")
     ax.set_xticks(x, labels, rotation=40 if crowded else 0, ha="right" if crowded else "center",
                   rotation_mode="anchor" if crowded else "default")
     ax.set_ylim(0, 1)
     ax.axhline(0.5, color="0.4", ls=":", lw=1)
     ax.set_ylabel("fraction of activations < 0.1 or > 0.9")
     ax.set_title("gate saturation per gate (* = the gate that keeps the state)")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the bars
     return Figure("gate_use.png", png_bytes(fig),
                   "Gate use: the fraction of gate activations that are saturated (< 0.1 or > 0.9) on the diagnostic "
-                  "batch, before training (grey) and at the end (colour), mean over seeds; * marks the gate that keeps "
-                  "the state (GRU z, sgru Γu, LSTM f). Dotted: one half.", "gate saturation bars", "gates.csv")
+                  "batch, before training (grey) and at the end (colour: hatched the part near 0, solid the part "
+                  "near 1), mean over seeds; * marks the gate that keeps the state (GRU z, sgru Γu, LSTM f). Dotted: "
+                  "one half.", "gate saturation bars", "gates.csv")
 
 
 # ---------------------------------------------------------------------------------------------- 6. tuning
@@ -217,7 +200,7 @@ def _search_progress(ax, an: Analysis, trials: pd.DataFrame, colors) -> None:
         c = trials[trials["cell"] == cell].sort_values("trial")
         if c["best_so_far"].notna().any():
             ax.step(c["trial"], c["best_so_far"], where="post", color=colors[cell], label=cell)
-    _log_if_positive(ax, trials["best_so_far"])
+    log_if_positive(ax, trials["best_so_far"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
     ax.set_ylabel(f"best {label(an.metric)} so far")
@@ -230,7 +213,7 @@ def _params_panel(ax, an: Analysis, runs: pd.DataFrame, colors) -> None:
             c = runs[(runs["cell"] == cell) & runs[an.metric].notna()]
             if len(c):
                 ax.scatter(c["n_params"], c[an.metric], s=14, alpha=0.7, color=colors[cell], label=cell)
-        _log_if_positive(ax, [*runs[an.metric], *_baseline(ax, an, an.metric)])
+        log_if_positive(ax, [*runs[an.metric], *baseline_line(ax, an, an.metric)])
     ax.set_xlabel("parameters")
     ax.set_ylabel(label(an.metric))
     ax.set_title("parameter count against performance (every run)")
@@ -246,7 +229,7 @@ def _trial_distribution(ax, an: Analysis, trials: pd.DataFrame, colors) -> None:
         for i in keep:
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(values[i])), values[i], s=12, alpha=0.7,
                        color=colors[an.cells[i]], zorder=3)
-    _log_if_positive(ax, [*(v for i in keep for v in values[i]), *_baseline(ax, an, an.metric)])
+    log_if_positive(ax, [*(v for i in keep for v in values[i]), *baseline_line(ax, an, an.metric)])
     crowded = len(an.cells) > 6
     ax.set_xticks(range(len(an.cells)), an.cells, rotation=40 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(label(an.metric))
@@ -277,5 +260,8 @@ def importance_figure(an: Analysis) -> Figure | None:
 
 
 def all_figures(an: Analysis) -> dict[str, Figure | None]:
+    from .report_plots import gate_histograms, learning_curves, strip_plot, verdict_matrix_figure
+
     return {"curves": learning_curves(an), "gradient": gradient_flow(an), "gates": gate_use(an),
-            "importance": importance_figure(an), "tuning": tuning(an)}
+            "importance": importance_figure(an), "tuning": tuning(an), "strip": strip_plot(an),
+            "matrix": verdict_matrix_figure(an), "gate_hist": gate_histograms(an)}

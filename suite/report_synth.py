@@ -58,7 +58,7 @@ class _Model:
         return final + (BASELINE - final) * np.exp(-steps / 120.0)
 
 
-def _metrics(cell: str, model: _Model, final: float, stop: int, now: int):
+def _metrics(cell: str, model: _Model, final: float, stop: int, now: int, legacy: bool = False):
     """Metric histories as train.run logs them, up to step `stop` (a pruned trial stops early)."""
     from mlflow.entities import Metric
 
@@ -83,7 +83,11 @@ def _metrics(cell: str, model: _Model, final: float, stop: int, now: int):
     add("val/acc", np.clip(1 - 12 * val, 0, 1), vals)
     for gate in _gate_names(cell):
         frac = np.minimum(diags / STEPS, 1.0)
-        add(f"gates/l0/{gate}/saturation", 0.6 * frac * rng.uniform(0.5, 1.0), diags)
+        sat = 0.6 * frac * rng.uniform(0.5, 1.0)
+        add(f"gates/l0/{gate}/saturation", sat, diags)
+        if not legacy:  # sweeps logged before issue 21 have saturation only
+            add(f"gates/l0/{gate}/near0", 0.3 * sat, diags)
+            add(f"gates/l0/{gate}/near1", 0.7 * sat, diags)
         add(f"gates/l0/{gate}/mean", 0.5 + 0.2 * frac * rng.uniform(-1, 1), diags)
         add(f"grad/l0/{gate}", 0.05 * np.exp(rng.normal(0, 0.3, len(grads))), grads)
     add("diag/grad_decay", model.decay * np.minimum(diags / STEPS, 1.0) - 0.5 * (diags == 0), diags)
@@ -107,11 +111,23 @@ def _profile(path: Path, model: _Model, diags) -> Path:
     return path
 
 
+def _gate_hist(path: Path, cell: str, diags) -> Path:
+    """diagnostics/gate_hist.csv: every gate spread evenly before training, pushed to both ends after."""
+    with path.open("w") as f:
+        f.write("step,layer,gate,bin,lo,hi,fraction\n")
+        for step in diags:
+            fracs = [0.1] * 10 if step == 0 else [0.3] + [0.05] * 8 + [0.3]
+            f.writelines(f"{step},l0,{g},{b},{b / 10:g},{(b + 1) / 10:g},{fr}\n" for g in _gate_names(cell)
+                         for b, fr in enumerate(fracs))
+    return path
+
+
 class _Writer:
     """Writes runs into one experiment with batched calls."""
 
-    def __init__(self, client, experiment_id: str, name: str, uri: str, tmp: Path):
+    def __init__(self, client, experiment_id: str, name: str, uri: str, tmp: Path, legacy: bool = False):
         self.client, self.exp, self.name, self.uri, self.tmp = client, experiment_id, name, uri, tmp
+        self.legacy = legacy  # write what sweeps logged before issue 21 (no gate ends, no histogram)
 
     def parent_runs(self, cells, trials: int, done: bool) -> tuple[str, dict]:
         from mlflow.entities import Param
@@ -155,19 +171,22 @@ class _Writer:
         run_id = c.create_run(self.exp, run_name=f"{cell}-{phase}-{trial}", tags=tags).info.run_id
         params = [Param(k, str(v)) for k, v in _params(cell, lr, clip, seed, self.name, self.uri).items()]
         c.log_batch(run_id, params=params)
-        metrics, diags = _metrics(cell, model, final, stop, int(time.time() * 1000))
+        metrics, diags = _metrics(cell, model, final, stop, int(time.time() * 1000), self.legacy)
         for i in range(0, len(metrics), 1000):
             c.log_batch(run_id, metrics=metrics[i:i + 1000])
         c.log_artifact(run_id, str(_profile(self.tmp / "grad_profile.csv", model, diags)), "diagnostics")
+        if not self.legacy:
+            c.log_artifact(run_id, str(_gate_hist(self.tmp / "gate_hist.csv", cell, diags)), "diagnostics")
         c.set_terminated(run_id, "FINISHED")
         return run_id
 
 
 def write_synthetic_sweep(root: str | Path, n_runs: int = 1000, n_cells: int = 10, name: str = "synthetic",
-                          done: bool = True, seed: int = 0) -> dict:
+                          done: bool = True, seed: int = 0, legacy: bool = False) -> dict:
     """A sweep of about `n_runs` trial runs over `n_cells` cells in root/mlflow.db and root/optuna.journal.
 
     done=False leaves it mid-search: half of each cell's search trials, no confirmation, one trial RUNNING.
+    legacy=True writes what sweeps logged before issue 21: no gates/*/near0|near1, no gate_hist.csv.
     Returns {"name", "storage", "tracking_uri", "runs", "cells"}.
     """
     import mlflow
@@ -185,7 +204,7 @@ def write_synthetic_sweep(root: str | Path, n_runs: int = 1000, n_cells: int = 1
     exp = client.create_experiment(name, artifact_location=artifact_location(uri), tags={"rnnsuite.sweep": name})
     tmp = root / "tmp"
     tmp.mkdir(exist_ok=True)
-    writer = _Writer(client, exp, name, uri, tmp)
+    writer = _Writer(client, exp, name, uri, tmp, legacy)
     parent, studies = writer.parent_runs(cells, trials, done)
     rng = np.random.default_rng(seed)
     written = 0

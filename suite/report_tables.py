@@ -1,26 +1,29 @@
-"""The numbers of a comparison report, as pandas tables: leaderboard, significance, gates, tuning, fairness.
+"""The numbers of a comparison report, as pandas tables: the analysis, the leaderboard, runs and figure frames.
 
 Every table keeps raw values (written to CSV as they are) and gets its display strings from :func:`fmt` alone,
 so the HTML, the Markdown and the CSVs cannot disagree. What a cell scores is the mean over the seeds of its
 confirmed configuration (the top-k configuration of its search whose confirmation runs did best on the
 validation metric), with a Student-t interval (Greff et al. 2017; Melis et al. 2018 re-train the best
-configuration with several seeds in the same way).
+configuration with several seeds in the same way). The other tables are built by their own modules: verdicts
+(:mod:`.report_verdicts`), per-seed evidence (:mod:`.report_evidence`), gates (:mod:`.report_gates`), tuning
+(:mod:`.report_tuning`), fairness (:mod:`.report_provenance`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .registry import SuiteError
 from .report_data import SweepData
-from .report_stats import ALPHA, holm, t_interval, two_sample_test, welch_difference
+from .report_keys import DEFAULT_EQUIVALENCE
+from .report_stats import t_interval
 
 DEFAULT_REFERENCE = "gru"  # the seed article's full GRU: what its simplified cell is measured against
 QUALITATIVE = "qualitative result"
-MIN_IMPORTANCE_TRIALS = 5  # completed trials below which hyperparameter importance is noise, not signal
 UPPER = {"mse": "MSE", "bpc": "BPC", "ppl": "perplexity", "acc": "accuracy", "loss": "loss"}
 
 
@@ -93,6 +96,8 @@ class Analysis:
     progress: dict = field(default_factory=dict)
     evaluator: str = ""
     importance_notes: dict[str, str] = field(default_factory=dict)
+    scale: Any = None  # the primary metric's analysis scale (report_scale.Scale)
+    margin: tuple = DEFAULT_EQUIVALENCE  # equivalence margin on the ratio (sweep key report.equivalence)
 
     @property
     def short(self) -> str:
@@ -123,13 +128,37 @@ def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "we
         an.primary = test_metric
     an.samples = {c: an.confirmed.loc[an.confirmed["cell"] == c, an.col(an.primary)].dropna().tolist()
                   if len(an.confirmed) else [] for c in cells}
-    for builder in (leaderboard, significance, gates, fairness, trials_table, per_run):
+    from .report_evidence import add_evidence, seed_values
+    from .report_gates import chrono_split, gate_hist_frame, gates
+    from .report_scale import scale_for
+    from .report_provenance import fairness
+    from .report_tuning import importance, trials_table
+    from .report_verdicts import pairs, significance
+
+    an.scale = scale_for(an.primary, _n_eval(data.runs))
+    an.margin = tuple(data.spec.get("equivalence") or DEFAULT_EQUIVALENCE)
+    for builder in (leaderboard, significance, pairs, gates, fairness, trials_table, per_run):
         table = builder(an)
         an.tables[table.name] = table
+    add_evidence(an)
+    chrono = chrono_split(an)
+    if chrono is not None:
+        an.tables[chrono.name] = chrono
     importance(an)
     an.frames["curves"] = curves(an)
     an.frames["grad_profile"] = profile_means(an)
+    an.frames["seeds"] = seed_values(an)
+    an.frames["gate_hist"] = gate_hist_frame(an)
     return an
+
+
+def _n_eval(runs: pd.DataFrame) -> int | None:
+    """Sequences in the fixed evaluation set (synthetic tasks: val_size, the test set has as many)."""
+    col = "params.task.val_size"
+    if not len(runs) or col not in runs:
+        return None
+    values = pd.to_numeric(runs[col], errors="coerce").dropna()
+    return int(values.iloc[0]) if len(values) else None
 
 
 def progress(data: SweepData) -> dict:
@@ -206,13 +235,13 @@ def _solved(an: Analysis, cell: str) -> tuple[str, str]:
     k = sum(task.is_solved({name: row[col] for name, col in cols.items()}) for _, row in runs.iterrows())
     # a seed that diverged did not solve the task: it counts in the denominator (1/1 for a cell that diverged on
     # two seeds of three would read as robust)
-    return ("yes" if task.is_solved(means) else "no"), f"{k}/{len(runs) + len(_diverged_confirmations(an, cell))}"
+    return ("yes" if task.is_solved(means) else "no"), f"{k}/{len(runs) + len(diverged_confirmations(an, cell))}"
 
 
-def _diverged_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
+def diverged_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
     """Confirmation runs of `cell` whose loss went NaN/inf (their trial counts as finished and is not re-run;
     a crashed run, also FAILED, is re-run and so not counted here)."""
-    bad = _failed_confirmations(an, cell)
+    bad = failed_confirmations(an, cell)
     if not len(bad) or "tags.failure.reason" not in bad:
         return bad.iloc[:0]
     bad = bad[bad["tags.failure.reason"].fillna("").str.startswith("diverged")]
@@ -237,7 +266,7 @@ def leaderboard(an: Analysis) -> Table:
         raw[col] = pd.to_numeric(raw[col]).round().astype("Int64")
     shown = raw[raw["note"] != QUALITATIVE]  # qualitative findings are listed under the table instead
     strong = [0] if ours and math.isfinite(rows[0][rank]) else []
-    return Table("leaderboard", raw, _leaderboard_display(an, shown, extra), strong_rows=strong,
+    return Table("leaderboard", raw, leaderboard_display(an, shown, extra), strong_rows=strong,
                  muted_rows=list(range(ours, len(shown))))
 
 
@@ -267,7 +296,7 @@ def _finished(an: Analysis, cell: str) -> int:
                                            for t in an.data.trials[cell]["search"]))
 
 
-def _failed_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
+def failed_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
     runs = an.data.runs
     if not len(runs):
         return runs
@@ -275,8 +304,8 @@ def _failed_confirmations(an: Analysis, cell: str) -> pd.DataFrame:
 
 
 def _diverged_note(an: Analysis, cell: str) -> str:
-    bad = _failed_confirmations(an, cell)
-    diverged = len(_diverged_confirmations(an, cell))
+    bad = failed_confirmations(an, cell)
+    diverged = len(diverged_confirmations(an, cell))
     if not len(bad):
         return ""
     return f"{len(bad)} confirmation run(s) diverged or failed (excluded from the mean" + \
@@ -307,7 +336,7 @@ def reference_rows(an: Analysis, extra: str | None) -> list[dict]:
     return rows
 
 
-def _leaderboard_display(an: Analysis, raw: pd.DataFrame, extra: str | None) -> pd.DataFrame:
+def leaderboard_display(an: Analysis, raw: pd.DataFrame, extra: str | None) -> pd.DataFrame:
     def both(r, metric):
         return pm(r.get(f"{slug(metric)}_mean"), r.get(f"{slug(metric)}_ci95"))
 
@@ -327,193 +356,6 @@ def _leaderboard_display(an: Analysis, raw: pd.DataFrame, extra: str | None) -> 
                     "seeds solved": r["seeds_solved"] or "—", "note": r["note"] or ""})
         out.append(row)
     return pd.DataFrame(out)
-
-
-# ---------------------------------------------------------------------------------------------- 2. significance
-def significance(an: Analysis) -> Table:
-    """Each cell against the reference on the ranked metric: the stated test, then Holm over the family."""
-    ref = an.samples.get(an.reference, [])
-    rows = []
-    for cell in an.cells:
-        if cell == an.reference:
-            continue
-        x = an.samples.get(cell, [])
-        stat, p = two_sample_test(x, ref, an.test)
-        diff, half = welch_difference(x, ref)
-        rows.append({"cell": cell, "reference": an.reference, "metric": an.primary, "n": len(x), "n_ref": len(ref),
-                     "mean": float(np.mean(x)) if x else math.nan,
-                     "mean_ref": float(np.mean(ref)) if ref else math.nan, "difference": diff,
-                     "difference_ci95": half, "test": an.test, "statistic": stat, "p": p})
-    adjusted = holm([r["p"] for r in rows])
-    for r, q in zip(rows, adjusted):
-        r["p_holm"] = q
-        r["significant"] = bool(math.isfinite(q) and q < ALPHA)
-        r["verdict"] = _verdict(an, r)
-    raw = pd.DataFrame(rows, columns=["cell", "reference", "metric", "n", "n_ref", "mean", "mean_ref", "difference",
-                                      "difference_ci95", "test", "statistic", "p", "p_holm", "significant",
-                                      "verdict"])
-    display = pd.DataFrame([{
-        "cell": r["cell"], f"{label(an.primary)} mean": fmt(r["mean"]),
-        f"reference {an.reference}": fmt(r["mean_ref"]), "difference (95% CI)": pm(r["difference"],
-                                                                                   r["difference_ci95"]),
-        "n / n ref": f"{r['n']} / {r['n_ref']}", "statistic": fmt(r["statistic"], 3), "p": fmt(r["p"], 3),
-        "p (Holm)": fmt(r["p_holm"], 3), "significant": "yes" if r["significant"] else "no",
-        "verdict": r["verdict"]} for _, r in raw.iterrows()])
-    strong = [i for i, s in enumerate(raw["significant"]) if s] if len(raw) else []
-    return Table("significance", raw, display, strong_rows=strong)
-
-
-def _verdict(an: Analysis, r: dict) -> str:
-    if not math.isfinite(r["p_holm"]):
-        return "not testable (fewer than 2 seeds, or no spread)"
-    if not r["significant"]:
-        return f"no significant difference from {an.reference}"
-    lower = r["mean"] < r["mean_ref"]
-    good = lower if an.direction == "minimize" else not lower
-    return f"significantly {'better' if good else 'worse'} than {an.reference}"
-
-
-# ---------------------------------------------------------------------------------------------- 5. gates
-def keep_gate(cell: str) -> str | None:
-    """The gate that keeps the state (GRU z, the seed's Γu in sgru, LSTM f), from the cell's class."""
-    from . import cells
-
-    try:
-        kg = getattr(cells.CELLS.get(cell).builder, "keep_gate", None)
-    except Exception:
-        return None
-    return kg[0] if kg else None
-
-
-def gates(an: Analysis) -> Table:
-    """Saturation (fraction of activations < 0.1 or > 0.9) and mean of every gate, at the start and the end of
-    training, mean over the seeds of the confirmed configuration (diagnostic batch of the validation set)."""
-    hist = an.data.histories
-    rows = []
-    for cell in an.cells:
-        runs = an.confirmed[an.confirmed["cell"] == cell] if len(an.confirmed) else an.confirmed
-        keys = sorted({c[len("metrics."):] for c in runs.columns if c.startswith("metrics.gates/")
-                       and c.endswith("/saturation") and runs[c].notna().any()}) if len(runs) else []
-        for key in keys:
-            _, layer, gate, _ = key.split("/")
-            mean_key = key.replace("/saturation", "/mean")
-            rows.append({"cell": cell, "layer": layer, "gate": gate,
-                         "keep_gate": gate == keep_gate(cell),
-                         "saturation_start": _start(hist, runs, key), "saturation_end": runs[f"metrics.{key}"].mean(),
-                         "mean_start": _start(hist, runs, mean_key),
-                         "mean_end": runs[f"metrics.{mean_key}"].mean() if f"metrics.{mean_key}" in runs else math.nan,
-                         "n": int(runs[f"metrics.{key}"].notna().sum())})
-    raw = pd.DataFrame(rows, columns=["cell", "layer", "gate", "keep_gate", "saturation_start", "saturation_end",
-                                      "mean_start", "mean_end", "n"])
-    display = pd.DataFrame([{"cell": r["cell"], "layer": r["layer"],
-                             "gate": r["gate"] + (" (keeps the state)" if r["keep_gate"] else ""),
-                             "saturated at start": fmt(r["saturation_start"]),
-                             "saturated at end": fmt(r["saturation_end"]), "mean at start": fmt(r["mean_start"]),
-                             "mean at end": fmt(r["mean_end"]), "n seeds": fmt(r["n"])} for _, r in raw.iterrows()])
-    return Table("gates", raw, display, strong_rows=[i for i, k in enumerate(raw["keep_gate"]) if k])
-
-
-def _start(hist: pd.DataFrame, runs: pd.DataFrame, key: str) -> float:
-    """The value at the first logged step (step 0 = before any update), mean over the runs."""
-    h = hist[(hist["key"] == key) & hist["run_id"].isin(runs["run_id"])]
-    if h.empty:
-        return math.nan
-    first = h.loc[h.groupby("run_id")["step"].idxmin()]
-    return float(first["value"].mean())
-
-
-# ---------------------------------------------------------------------------------------------- 6. tuning
-def importance_evaluator():
-    """fANOVA (Hutter et al. 2014), the evaluator of Greff et al. 2017, where scikit-learn is installed (MLflow
-    requires it); else PED-ANOVA (Watanabe et al. 2023), Optuna 5's default. Seeded: a report is reproducible."""
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
-
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return PedAnovaImportanceEvaluator(), "PED-ANOVA (Optuna PedAnovaImportanceEvaluator)"
-    return FanovaImportanceEvaluator(seed=0), "fANOVA (Optuna FanovaImportanceEvaluator, 64 trees, seed 0)"
-
-
-def importance(an: Analysis) -> None:
-    """Hyperparameter importance per cell over its completed search trials, or why it is not computed."""
-    from optuna.importance import get_param_importances
-    from optuna.trial import TrialState
-
-    evaluator, an.evaluator = importance_evaluator()
-    rows = []
-    for cell in an.cells:
-        complete = [t for t in an.data.trials[cell]["search"] if t.state == TrialState.COMPLETE
-                    and t.value is not None and math.isfinite(t.value)]
-        study = an.data.search_studies.get(cell)
-        if len(complete) < MIN_IMPORTANCE_TRIALS or study is None:
-            an.importance_notes[cell] = (f"too few completed trials for importance ({len(complete)} < "
-                                         f"{MIN_IMPORTANCE_TRIALS})")
-            continue
-        if not an.data.spec["search"]:
-            an.importance_notes[cell] = "nothing was searched"
-            continue
-        try:
-            scores = get_param_importances(study, evaluator=evaluator)
-        except (RuntimeError, ValueError) as exc:
-            an.importance_notes[cell] = f"importance not computable: {str(exc).splitlines()[0][:120]}"
-            continue
-        rows += [{"cell": cell, "param": k, "importance": v, "trials": len(complete)} for k, v in scores.items()]
-    raw = pd.DataFrame(rows, columns=["cell", "param", "importance", "trials"])
-    raw["evaluator"] = an.evaluator
-    display = pd.DataFrame([{"cell": r["cell"], "hyperparameter": r["param"], "importance": fmt(r["importance"], 3),
-                             "completed trials": fmt(r["trials"])} for _, r in raw.iterrows()])
-    an.tables["importance"] = Table("importance", raw, display)
-
-
-def trials_table(an: Analysis) -> Table:
-    """Every search trial from Optuna: its value (or last reported value if pruned) and its parameters."""
-    rows = []
-    for cell in an.cells:
-        best = math.nan
-        for t in sorted(an.data.trials[cell]["search"], key=lambda t: t.number):
-            value = t.value if t.value is not None else \
-                (list(t.intermediate_values.values())[-1] if t.intermediate_values else math.nan)
-            if t.state.name == "COMPLETE" and value is not None and math.isfinite(value):
-                best = value if not math.isfinite(best) else an.better(best, value)
-            rows.append({"cell": cell, "trial": t.number, "state": t.state.name, "value": value,
-                         "best_so_far": best, **{f"param.{k}": v for k, v in t.params.items()}})
-    raw = pd.DataFrame(rows)
-    if raw.empty:
-        raw = pd.DataFrame(columns=["cell", "trial", "state", "value", "best_so_far"])
-    return Table("trials", raw, raw.astype(str))
-
-
-# ---------------------------------------------------------------------------------------------- 7. fairness
-def fairness(an: Analysis) -> Table:
-    """Trials, runs, steps and training time per cell: the evidence that every cell got the same budget."""
-    from optuna.trial import TrialState
-
-    runs = an.data.runs
-    rows = []
-    for cell in an.cells:
-        search = an.data.trials[cell]["search"]
-        mine = runs[runs["cell"] == cell] if len(runs) else runs
-        counted = mine[mine["status"].isin(["FINISHED", "FAILED"])] if len(mine) else mine
-        count = {s: sum(t.state == s for t in search) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                TrialState.FAIL, TrialState.RUNNING)}
-        confirm_runs = counted[counted["phase"] == "confirm"] if len(counted) else counted
-        rows.append({"cell": cell, "budget": an.data.spec["trials"], "complete": count[TrialState.COMPLETE],
-                     "pruned": count[TrialState.PRUNED], "failed_retried": count[TrialState.FAIL],
-                     "running": count[TrialState.RUNNING], "confirm_runs": len(confirm_runs),
-                     "confirm_planned": an.data.confirm_planned[cell],
-                     "steps_trained": float(counted["steps"].sum()) if len(counted) else 0.0,
-                     "train_s": float(counted["train_s"].sum()) if len(counted) else 0.0,
-                     "seeds": ",".join(str(int(s)) for s in sorted(confirm_runs["seed"].dropna().unique()))
-                     if len(confirm_runs) else ""})
-    raw = pd.DataFrame(rows)
-    display = pd.DataFrame([{"cell": r["cell"], "search trials (complete + pruned / budget)":
-                             f"{r['complete']} + {r['pruned']} / {r['budget']}",
-                             "failed and retried": fmt(r["failed_retried"]), "running": fmt(r["running"]),
-                             "confirmation runs": f"{r['confirm_runs']}/{fmt(r['confirm_planned'])}",
-                             "steps trained": fmt(r["steps_trained"]), "training seconds": fmt(r["train_s"]),
-                             "confirmation seeds": r["seeds"] or "—"} for _, r in raw.iterrows()])
-    return Table("fairness", raw, display)
 
 
 def per_run(an: Analysis) -> Table:

@@ -55,6 +55,7 @@ from .lit import PrunedRun
 from .logger import interrupts_outside_database_code
 from .gpu import is_unrecoverable_cuda_error, release_cuda_memory, worker_devices
 from .registry import SuiteError
+from .report_keys import PARAM as REPORT_PARAM, check_report_block, equivalence_param
 from .search import (DEFAULT_MARGIN, DESIGN_ATTR, DESIGN_KINDS, MarginPruner, default_points, design_points,
                      distributions, first_point, make_sampler as _sampler_for, prune_rule)
 from .tracking import NOTE, RetryingClient, first_line, mask
@@ -67,7 +68,7 @@ CRASH_STREAK = 10  # a worker whose last this-many trials all crashed stops (a b
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 SPEC_KEYS = ("name", "description", "task", "base", "cells", "budget", "search", "param_match", "sampler",
-             "design", "pruner", "objective", "confirm", "pack")
+             "design", "pruner", "objective", "confirm", "pack", "report")
 
 
 # ---------------------------------------------------------------------------------------------- the file
@@ -96,6 +97,7 @@ class SweepSpec:
     description: str = ""
     task_label: str = ""  # the task part of study names
     pack: int = 1  # trials of one shape trained together in one step (1: one at a time)
+    report: dict = field(default_factory=dict)  # how its report judges (suite.report_keys): equivalence margin
     # cell -> {key: [choice values the cell refuses, with the reason]}: left out of that cell's search space
     refused: dict[str, dict[str, list[tuple[Any, str]]]] = field(default_factory=dict)
 
@@ -231,6 +233,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     _need(spec.direction in ("", "minimize", "maximize"),
           f"{path}: objective.direction must be minimize or maximize, got {spec.direction!r}")
     spec.pack = check_pack(data.get("pack", 1), f"{path}: pack")
+    spec.report = check_report_block(path, data.get("report"))
     _resolve_task(spec, path)
     for cell in cells:
         _check_cell_space(spec, cell, path)
@@ -497,6 +500,7 @@ class Sweep:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.spec = spec
+        self.command = ""  # the command line, tagged rnnsuite.command on the parent run (run_sweep sets it)
         self.storage_url = resolve_storage(storage_url)
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         task = tasks.build(**{"name": self.base_config().task.name, **self.base_config().task.options})
@@ -591,6 +595,11 @@ class Sweep:
 
             # one call: a kill cannot leave half of them (a resumed sweep logs them only when there are none)
             self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
+        if REPORT_PARAM not in run.data.params:  # also on a sweep begun before the key existed
+            self.client.log_param(rid, REPORT_PARAM, equivalence_param(self.spec.report or
+                                                                       check_report_block("", None)))
+        if self.command and "rnnsuite.command" not in run.data.tags:  # the report prints it to reproduce the sweep
+            self.client.set_tag(rid, "rnnsuite.command", self.command)
         if run.info.status != "RUNNING" and not self.done():
             self.client.update_run(rid, "RUNNING")
         for cell in self.spec.cells:
@@ -1362,6 +1371,7 @@ def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers:
     if worker_only:
         sweep.work()
         return 0
+    sweep.command = sweep_command(path, storage, tracking_uri, workers, pack)
     sweep.prepare()
     for note in spec.refusal_notes() + spec.design_notes():
         print(f"rnnsuite: note: {note}", file=sys.stderr, flush=True)
@@ -1386,6 +1396,22 @@ def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers:
     print(f"sweep {spec.name} finished in {_elapsed(started)}")
     _print_summary(sweep)
     return 0
+
+
+def sweep_command(path: str, storage: str | None, tracking_uri: str | None, workers: int = 1,
+                  pack: int | None = None) -> str:
+    """The command line that ran the sweep, as typed (stores masked), for its report's reproduction section."""
+    import shlex
+
+    parts = ["rnnsuite", "sweep", str(path)]
+    for flag, value in (("--storage", storage), ("--tracking-uri", tracking_uri)):
+        if value:
+            parts += [flag, mask(value)]
+    if workers and workers > 1:
+        parts += ["--workers", str(workers)]
+    if pack is not None:
+        parts += ["--pack", str(pack)]
+    return shlex.join(parts)
 
 
 class _Clock:

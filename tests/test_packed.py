@@ -65,7 +65,8 @@ def test_packed_models_match_the_same_configs_trained_alone(uri, cell):
         assert set(ra.data.metrics) - {"epoch"} == set(rp.data.metrics)
         assert set(ra.data.params) == set(rp.data.params)
         assert {x.path for x in client.list_artifacts(p.run_id, "diagnostics")} == \
-            {"diagnostics/grad_profile.csv", "diagnostics/grad_profile.png"}
+            {"diagnostics/grad_profile.csv", "diagnostics/grad_profile.png", "diagnostics/gate_hist.csv"}
+        assert {k for k in rp.data.metrics if k.endswith(("/near0", "/near1"))}  # the gate ends, as alone
         assert rp.data.tags["pack.size"] == str(len(cfgs))
         assert "packed: batched fused loops" in rp.data.tags["kernels"]  # the fast path, not vmap
 

@@ -38,9 +38,10 @@ SPEC = {
     "pruner": {"name": "none"},
     "confirm": {"top_k": 1, "seeds": 2},
 }
-PNGS = ("learning_curves.png", "gradient_flow.png", "gate_use.png", "tuning.png", "design.png")
+PNGS = ("learning_curves.png", "gradient_flow.png", "gate_use.png", "tuning.png", "design.png", "seeds.png",
+        "verdicts.png", "gate_hist.png")
 CSVS = ("leaderboard", "significance", "runs", "trials", "curves", "grad_profile", "gates", "importance", "fairness",
-        "design")
+        "design", "pairs", "seeds", "gate_hist")
 
 
 def cli(*args, cwd, env=None, timeout=600):
@@ -242,18 +243,22 @@ def test_numbers_agree_with_the_csvs(report):
     shown = {r["cell"]: r for r in as_dicts(parsed.tables["table-significance"])}
     assert sorted(sig["cell"]) == ["lstm", "sgru"] and set(sig["reference"]) == {"gru"}
     for _, row in sig.iterrows():
-        assert close(shown[row["cell"]]["p"], row["p"], 3) and close(shown[row["cell"]]["p (Holm)"], row["p_holm"], 3)
-        assert shown[row["cell"]]["significant"] == ("yes" if row["significant"] else "no")
+        assert close(shown[row["cell"]]["p (Holm)"], row["p_scale_holm"], 3)
+        assert shown[row["cell"]]["verdict"] == row["outcome"]
+        assert shown[row["cell"]]["ratio to gru (95% CI)"].startswith(fmt(row["ratio"], 3))
     gates = pd.read_csv(out / "gates.csv")
     shown = as_dicts(parsed.tables["table-gates"])
     assert len(shown) == len(gates)
     for html_row, (_, row) in zip(shown, gates.iterrows()):
         assert close(html_row["saturated at end"], row["saturation_end"])
-    # the conclusion quotes the leaderboard's first row
+    # the conclusion quotes the leaderboard's first row on the analysis scale, and crowns nothing it cannot
     summary = " ".join(parsed.summary)
     best = board.iloc[0]
-    assert f"{best['cell']} is best" in summary
-    assert f"{fmt(best['test_mse_mean'])} ± {fmt(best['test_mse_ci95'])}" in summary
+    assert f"{fmt(best['test_mse_center'])} ({fmt(best['test_mse_lo'], 3)}–{fmt(best['test_mse_hi'], 3)})" in summary
+    assert " is best" not in summary.replace("No single cell is best", "")
+    from suite.report_check import check_claims
+
+    assert check_claims(out) == []
 
 
 def test_the_cells_are_compared_at_the_shared_design_points(report):
@@ -281,6 +286,17 @@ def test_the_cells_are_compared_at_the_shared_design_points(report):
         assert solved[cell] == f"{int(rows['solved'].fillna(False).astype(bool).sum())}/{len(rows)}"
 
 
+def test_the_sweep_records_its_command_and_margin_and_the_report_prints_it(report):
+    client = mlflow.MlflowClient(report["tracking"])
+    exp = client.get_experiment_by_name("rep")
+    parent = client.search_runs([exp.experiment_id], "tags.`rnnsuite.level` = 'sweep'")[0]
+    command = parent.data.tags["rnnsuite.command"]
+    assert command.startswith("rnnsuite sweep ") and "rep.yaml" in command and "--quiet" not in command
+    assert parent.data.params["report.equivalence"] == "0.8,1.25"
+    assert "# rebuilt" not in report["md"] and "rnnsuite sweep " in report["md"]
+    assert str(report["root"]) not in report["md"]  # store paths are not shown as absolute local paths
+
+
 def test_report_is_logged_to_the_sweep_parent_run(report):
     client = mlflow.MlflowClient(report["tracking"])
     exp = client.get_experiment_by_name("rep")
@@ -295,7 +311,8 @@ def test_gate_claim_and_importance_are_stated(report):
     for cell, gate in (("sgru", "u"), ("gru", "z")):
         row = gates[(gates["cell"] == cell) & (gates["gate"] == gate)].iloc[0]
         assert row["keep_gate"]
-        assert f"{fmt(100 * row['saturation_end'], 3)}% at the end of training" in page
+        assert f"saturated {fmt(row['saturation_end'], 3)} at the end of training" in page
+        assert row["near0_end"] + row["near1_end"] == pytest.approx(row["saturation_end"])  # the two ends logged
     assert "fANOVA" in page or "PED-ANOVA" in page  # the evaluator is named
     assert "too few completed trials for importance (3 &lt; 5)" in page  # 3 trials: said, not crashed
     assert pd.read_csv(report["out"] / "importance.csv").empty

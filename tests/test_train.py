@@ -71,7 +71,8 @@ def test_run_is_recorded_in_mlflow(store):
     m, p, t = r.data.metrics, r.data.params, r.data.tags
     for key in ("train/loss", "train/grad_norm", "train/grad_norm_clipped", "val/loss", "val/acc", "val/mse",
                 "test/mse", "grad/l0/i", "grad/l0/f", "grad/l0/g", "grad/l0/o", "grad/head",
-                "gates/l0/f/mean", "gates/l0/f/saturation", "diag/grad_decay", "diag/grad_decay_c"):
+                "gates/l0/f/mean", "gates/l0/f/saturation", "gates/l0/f/near0", "gates/l0/f/near1",
+                "diag/grad_decay", "diag/grad_decay_c"):
         assert key in m, key
     for key in ("task.name", "task.length", "model.cell", "model.hidden_size", "optim.lr", "train.seed",
                 "cell", "n_params", "seed", "task.baseline"):
@@ -83,7 +84,7 @@ def test_run_is_recorded_in_mlflow(store):
     arts = {a.path for a in client.list_artifacts(result.run_id)}
     assert "config.yaml" in arts and "diagnostics" in arts
     diag = {a.path for a in client.list_artifacts(result.run_id, "diagnostics")}
-    assert diag == {"diagnostics/grad_profile.csv", "diagnostics/grad_profile.png"}
+    assert diag == {"diagnostics/grad_profile.csv", "diagnostics/grad_profile.png", "diagnostics/gate_hist.csv"}
     history = client.get_metric_history(result.run_id, "train/loss")
     assert [h.step for h in history] == [4, 9, 14, 19]  # every log_every steps (0-based step index)
     diag_steps = sorted({h.step for h in client.get_metric_history(result.run_id, "diag/grad_decay")})

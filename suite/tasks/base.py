@@ -207,6 +207,11 @@ class Task:
     def published(self) -> list[Published]:
         return []
 
+    def empirical_baseline(self) -> float | None:
+        """The baseline's predictor scored on the fixed test set (None where the task does not compute it):
+        reports show it beside the formula's value and judge "beats baseline" by the stricter of the two."""
+        return None
+
     @property
     def solved_rule(self) -> SolvedRule | None:
         """The criterion behind ``solved`` as (metric, op, threshold); None where the task has none (LM)."""

@@ -1,0 +1,180 @@
+"""Claims from data (issue 21, point 5): every sentence of a report's summary is a claim generated from the
+analysis tables, written with its numbers and the table and columns it came from to ``claims.json``;
+:func:`check_claims` recomputes every claim of a written report from its CSVs alone (per-seed values included),
+so a sentence cannot drift from the data behind it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .report_gates import RULE
+from .report_stats import ALPHA
+from .report_tables import Analysis, fmt, label, slug
+from .report_verdicts import seeds_text, standing
+
+MAX_PAIRS = 12  # inconclusive pairs named in the summary; the rest are in pairs.csv
+
+
+def claim(cid: str, text: str, numbers: dict, table: str, columns: list[str], **rows) -> dict:
+    return {"id": cid, "text": text, "numbers": numbers, "source": {"table": f"{table}.csv", "columns": columns,
+                                                                     **rows}}
+
+
+# ---------------------------------------------------------------------------------------------- generate
+def build_claims(an: Analysis, task_title: str) -> dict:
+    """{"meta": how to recompute, "claims": [...]} from the analysis tables; the summary prints their texts."""
+    key = slug(an.primary)
+    meta = {"metric": an.primary, "scale": an.scale.name, "n_eval": an.scale.n_eval, "margin": list(an.margin),
+            "alpha": ALPHA, "direction": an.direction, "reference": an.reference, "key": key}
+    lb = an.tables["leaderboard"].raw
+    ours = lb[lb["source"] == "this sweep"]
+    if not any(an.samples.get(c) for c in an.cells):
+        return {"meta": meta, "claims": [claim("no_data", "No confirmation run has finished yet, so no cell can "
+                                                          "be compared.", {}, "leaderboard", ["n"])]}
+    out = [_standing_claim(an, task_title, ours, key)]
+    out += _pair_claims(an)
+    out += _reference_claims(an)
+    out += [c for c in (_baseline_claim(an, ours), _diverged_claim(an, ours)) if c]
+    out += _why_claims(an)
+    return {"meta": meta, "claims": out}
+
+
+def _standing_claim(an: Analysis, title: str, ours: pd.DataFrame, key: str) -> dict:
+    st = standing(an)
+    row = ours.set_index("cell").loc[st["winner"] or st["leader"]]
+    value = f"{label(an.primary)} {fmt(row[f'{key}_center'])} ({fmt(row[f'{key}_lo'], 3)}–{fmt(row[f'{key}_hi'], 3)})"
+    what = {"log": "geometric mean", "logit": "mean on the logit scale", "raw": "mean"}[an.scale.name]
+    if st["winner"]:
+        text = (f"**{st['winner']} beats every other cell** on {title}: {value}, {what} and 95% interval over "
+                f"{fmt(row['n'])} seeds; each pairwise comparison is significant after Holm's correction.")
+    elif len(st["tied"]) == 1:
+        text = f"Only {st['leader']} has results on {title}: {value}."
+    else:
+        others = st["tied"][1:]
+        text = (f"**No single cell is best** on {title}: the leader {st['leader']} ({value}, {what} and 95% "
+                f"interval over {fmt(row['n'])} seeds) "
+                + (f"is not separated from {', '.join(others)}" if others else "beats no other cell")
+                + "; no cell beats every other after Holm's correction.")
+    return claim("standing", text, {"winner": st["winner"], "leader": st["leader"], "tied": st["tied"],
+                                    "center": row[f"{key}_center"], "lo": row[f"{key}_lo"], "hi": row[f"{key}_hi"]},
+                 "leaderboard", [f"{key}_center", f"{key}_lo", f"{key}_hi", f"{key}_seeds"], also="pairs.csv")
+
+
+def _pair_claims(an: Analysis) -> list[dict]:
+    st = standing(an)
+    pairs = st["inconclusive"]
+    if not pairs:
+        return []
+    shown = "; ".join(f"{a} vs {b}: {seeds_text(n)}" for a, b, n in pairs[:MAX_PAIRS])
+    more = f"; {len(pairs) - MAX_PAIRS} more in pairs.csv" if len(pairs) > MAX_PAIRS else ""
+    text = (f"Inconclusive pairs, with the seeds per cell their observed spread implies a 2x "
+            f"{'ratio' if an.scale.name == 'log' else 'odds ratio' if an.scale.name == 'logit' else 'difference'} "
+            f"would need to be separated at 80% power (α = {ALPHA}, two-sided): {shown}{more}.")
+    return [claim("inconclusive_pairs", text, {"pairs": [[a, b, n] for a, b, n in pairs]}, "pairs",
+                  ["a", "b", "outcome", "seeds_for_2x"])]
+
+
+def _reference_claims(an: Analysis) -> list[dict]:
+    sig = an.tables["significance"].raw
+    if sig.empty:
+        return []
+    groups = {o: [r for r in sig.itertuples() if r.outcome == o] for o in ("better", "worse", "equivalent",
+                                                                               "inconclusive", "not testable")}
+    effect = an.scale.effect
+    parts = [f"{o} than {an.reference}: " if o in ("better", "worse") else f"{o}: " for o in groups]
+    shown = "; ".join(p + ", ".join(f"{r.cell} ({effect} {fmt(r.ratio, 3)}, Holm p = {fmt(r.p_scale_holm, 3)})"
+                                    for r in rows) for p, (o, rows) in zip(parts, groups.items()) if rows)
+    text = (f"Against the reference {an.reference} (Welch's t-test on the {an.scale.name} scale, Holm-corrected; "
+            f"equivalent = the {effect} inside [{fmt(an.margin[0])}, {fmt(an.margin[1])}] by two one-sided "
+            f"tests): {shown}.")
+    return [claim("reference", text, {r.cell: {"outcome": r.outcome, "ratio": r.ratio, "p_holm": r.p_scale_holm}
+                                      for r in sig.itertuples()}, "significance",
+                  ["cell", "ratio", "p_scale_holm", "p_tost_holm", "outcome"])]
+
+
+def _baseline_claim(an: Analysis, ours: pd.DataFrame) -> dict | None:
+    task = an.data.task
+    if task is None or "baseline_used" not in ours:
+        return None
+    beat = list(ours.loc[ours["beats_baseline"] == "yes", "cell"])
+    used, formula, emp = (ours[c].iloc[0] for c in ("baseline_used", "baseline_formula", "baseline_empirical"))
+    b = task.baseline
+    emp_text = f", the baseline predictor scores {fmt(emp)} on the fixed test set" if math.isfinite(emp) else \
+        " (no empirical value for this task)"
+    text = (f"{len(beat)} of {len(ours)} cells beat the baseline ({label(b.metric)}: the formula gives {fmt(formula)}"
+            f"{emp_text}; the stricter, {fmt(used)}, is used) with their whole 95% interval"
+            + (f": {', '.join(beat)}." if beat else "."))
+    if task.solved:
+        solved = list(ours.loc[ours["solved"] == "yes", "cell"])
+        text += (f" {len(solved)} of {len(ours)} meet the solved criterion ({task.solved}) at their mean"
+                 + (f": {', '.join(solved)}." if solved else "."))
+    return claim("baseline", text, {"beat": beat, "used": used, "formula": formula, "empirical": emp,
+                                    "metric": b.metric}, "leaderboard",
+                 ["beats_baseline", "baseline_used", "baseline_formula", "baseline_empirical"])
+
+
+def _diverged_claim(an: Analysis, ours: pd.DataFrame) -> dict | None:
+    bad = ours[ours["n_diverged"].fillna(0) > 0]
+    if bad.empty:
+        return None
+    shown = ", ".join(f"{r.cell} {int(r.n_diverged)} of {int(r.n_planned)}" for r in bad.itertuples())
+    return claim("diverged", f"Seeds that diverged (loss NaN/inf; counted, not solved, and outside the intervals): "
+                             f"{shown}.", {r.cell: int(r.n_diverged) for r in bad.itertuples()}, "seeds",
+                 ["cell", "status"])
+
+
+def _why_claims(an: Analysis) -> list[dict]:
+    out = []
+    col = an.col("diag/grad_decay")
+    if len(an.confirmed) and col in an.confirmed:
+        decay = an.confirmed.groupby("cell")[col].mean().dropna()
+        if len(decay):
+            shown = ", ".join(f"{c} {fmt(decay[c], 3)}" for c in an.cells if c in decay)
+            out.append(claim("grad_decay", "Evidence, gradient flow: after training, log10 of the gradient reaching "
+                                           "the first 10 time steps over that at the last 10 (0 = nothing lost, −2 = "
+                                           f"a hundredfold vanishing), mean over seeds: {shown}.",
+                             {c: float(decay[c]) for c in decay.index}, "runs", ["cell", "confirmed",
+                                                                                 "diag/grad_decay"]))
+    g = an.tables["gates"].raw
+    keep = g[g["keep_gate"] & (g["layer"] == "l0")] if len(g) else g
+    if len(keep):
+        shown = "; ".join(f"{r.cell} ({r.gate}) saturated {fmt(r.saturation_end, 3)}, near 0 "
+                          f"{fmt(r.near0_end, 3) if math.isfinite(r.near0_end) else 'not recorded'}, near 1 "
+                          f"{fmt(r.near1_end, 3) if math.isfinite(r.near1_end) else 'not recorded'}: mostly saturated "
+                          f"{r.mostly_saturated}, mostly zeros and ones {r.zeros_and_ones}" for r in keep.itertuples())
+        numbers = {r.cell: {"gate": r.gate, "mostly_saturated": r.mostly_saturated, "zeros_and_ones": r.zeros_and_ones}
+                   for r in keep.itertuples()}
+        out.append(claim("gates", f"Evidence, gate use of the state-keeping gate at the end of training: {shown} "
+                                  f"({RULE}).", numbers,
+                         "gates", ["saturation_end", "near0_end", "near1_end", "mostly_saturated", "zeros_and_ones"]))
+    imp = an.tables["importance"].raw
+    if len(imp):
+        top = imp.loc[imp.groupby("cell")["importance"].idxmax()]
+        names = sorted(set(top["param"]))
+        text = f"The most important hyperparameter ({an.evaluator.split(' (')[0]}) is " + (
+            f"{names[0]} for every cell tested." if len(names) == 1 else
+            ", ".join(f"{r.param} for {r.cell}" for r in top.itertuples()) + ".")
+        out.append(claim("importance", text, {r.cell: r.param for r in top.itertuples()}, "importance",
+                         ["cell", "param", "importance"]))
+    return out
+
+
+def write_claims(out: Path, claims: dict) -> Path:
+    path = out / "claims.json"
+    path.write_text(json.dumps(claims, indent=1, default=_plain) + "\n", encoding="utf-8")
+    return path
+
+
+def _plain(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return str(value)

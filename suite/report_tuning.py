@@ -1,0 +1,71 @@
+"""Section 6 of a report, tuning: every search trial from Optuna and hyperparameter importance per cell."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .report_tables import Analysis, Table, fmt
+
+MIN_IMPORTANCE_TRIALS = 5  # completed trials below which hyperparameter importance is noise, not signal
+
+
+def importance_evaluator():
+    """fANOVA (Hutter et al. 2014), the evaluator of Greff et al. 2017, where scikit-learn is installed (MLflow
+    requires it); else PED-ANOVA (Watanabe et al. 2023), Optuna 5's default. Seeded: a report is reproducible."""
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return PedAnovaImportanceEvaluator(), "PED-ANOVA (Optuna PedAnovaImportanceEvaluator)"
+    return FanovaImportanceEvaluator(seed=0), "fANOVA (Optuna FanovaImportanceEvaluator, 64 trees, seed 0)"
+
+
+def importance(an: Analysis) -> None:
+    """Hyperparameter importance per cell over its completed search trials, or why it is not computed."""
+    from optuna.importance import get_param_importances
+    from optuna.trial import TrialState
+
+    evaluator, an.evaluator = importance_evaluator()
+    rows = []
+    for cell in an.cells:
+        complete = [t for t in an.data.trials[cell]["search"] if t.state == TrialState.COMPLETE
+                    and t.value is not None and math.isfinite(t.value)]
+        study = an.data.search_studies.get(cell)
+        if len(complete) < MIN_IMPORTANCE_TRIALS or study is None:
+            an.importance_notes[cell] = (f"too few completed trials for importance ({len(complete)} < "
+                                         f"{MIN_IMPORTANCE_TRIALS})")
+            continue
+        if not an.data.spec["search"]:
+            an.importance_notes[cell] = "nothing was searched"
+            continue
+        try:
+            scores = get_param_importances(study, evaluator=evaluator)
+        except (RuntimeError, ValueError) as exc:
+            an.importance_notes[cell] = f"importance not computable: {str(exc).splitlines()[0][:120]}"
+            continue
+        rows += [{"cell": cell, "param": k, "importance": v, "trials": len(complete)} for k, v in scores.items()]
+    raw = pd.DataFrame(rows, columns=["cell", "param", "importance", "trials"])
+    raw["evaluator"] = an.evaluator
+    display = pd.DataFrame([{"cell": r["cell"], "hyperparameter": r["param"], "importance": fmt(r["importance"], 3),
+                             "completed trials": fmt(r["trials"])} for _, r in raw.iterrows()])
+    an.tables["importance"] = Table("importance", raw, display)
+
+
+def trials_table(an: Analysis) -> Table:
+    """Every search trial from Optuna: its value (or last reported value if pruned) and its parameters."""
+    rows = []
+    for cell in an.cells:
+        best = math.nan
+        for t in sorted(an.data.trials[cell]["search"], key=lambda t: t.number):
+            value = t.value if t.value is not None else \
+                (list(t.intermediate_values.values())[-1] if t.intermediate_values else math.nan)
+            if t.state.name == "COMPLETE" and value is not None and math.isfinite(value):
+                best = value if not math.isfinite(best) else an.better(best, value)
+            rows.append({"cell": cell, "trial": t.number, "state": t.state.name, "value": value,
+                         "best_so_far": best, **{f"param.{k}": v for k, v in t.params.items()}})
+    raw = pd.DataFrame(rows)
+    if raw.empty:
+        raw = pd.DataFrame(columns=["cell", "trial", "state", "value", "best_so_far"])
+    return Table("trials", raw, raw.astype(str))
