@@ -29,7 +29,7 @@ PAGE = 5000  # runs per search_runs page
 PROFILE = "diagnostics/grad_profile.csv"
 TAGS_KEPT = ("cell", "phase", "trial", "seed", "study", "task", "confirm.rank", "confirm.source_trial", "device",
              "git.commit", "rnnsuite.version", "pruned.reason", "pruned.step", "failure.reason", "failure.step",
-             "mlflow.parentRunId", "rnnsuite.command")
+             "mlflow.parentRunId", "rnnsuite.command", "rnnsuite.source_run_id")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class SweepData:
     task: Any = None  # the Task (baseline, solved, published), None if it cannot be rebuilt here
     task_note: str = ""  # why the task could not be rebuilt
     notes: list[str] = field(default_factory=list)
+    archive: str = ""  # the archive (rnnsuite export) the report was built from, when it was
 
 
 # ---------------------------------------------------------------------------------------------- the stores

@@ -527,6 +527,8 @@ def per_run(an: Analysis) -> Table:
     params = [f"params.{k}" for k in an.data.spec["search"] if f"params.{k}" in runs]
     raw = runs[keep + params + metrics].copy()
     raw["confirmed"] = raw["run_id"].isin(an.confirmed["run_id"]) if len(an.confirmed) else False
+    if "tags.rnnsuite.source_run_id" in runs:  # an imported sweep: the id its runs were logged under, so that a
+        raw["run_id"] = runs["tags.rnnsuite.source_run_id"].fillna(runs["run_id"])  # report is the same anywhere
     raw.columns = [c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c for c in raw.columns]
     raw = raw.sort_values(["cell", "phase", "trial"], kind="stable").reset_index(drop=True)
     return Table("runs", raw, raw.astype(str))
