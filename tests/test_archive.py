@@ -324,3 +324,19 @@ def test_round_trip_through_postgres_and_an_mlflow_server(swept, services, tmp_p
     ok(run("report", "--from", tmp_path / "again.tar.gz", "-o", tmp_path / "again", home=home, cwd=tmp_path))
     assert csv_differences(swept["report"], tmp_path / "again") == []
     assert not home.exists()  # nothing went to the embedded stores
+
+
+def test_the_committed_report_check_passes_a_true_report_and_catches_a_changed_number(swept, tmp_path):
+    """test_committed_reports' rebuild, on a report laid out as reports/NAME/ with NAME.rnnsuite.tar.gz beside it."""
+    import shutil
+
+    from test_committed_reports import archive_of, rebuild_differences
+
+    report = tmp_path / "reports" / "tiny"
+    shutil.copytree(swept["report"], report)
+    shutil.copy(swept["archive"], archive_of(report))
+    assert rebuild_differences(report, tmp_path / "a") == []
+    runs = pd.read_csv(report / "runs.csv")
+    runs.loc[0, "val/mse"] *= 1 + 1e-7  # beyond the 1e-9 relative tolerance
+    runs.to_csv(report / "runs.csv", index=False)
+    assert [d for d in rebuild_differences(report, tmp_path / "b") if d.startswith("runs.csv: column 'val/mse'")]
