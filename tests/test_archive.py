@@ -340,3 +340,15 @@ def test_the_committed_report_check_passes_a_true_report_and_catches_a_changed_n
     runs.loc[0, "val/mse"] *= 1 + 1e-7  # beyond the 1e-9 relative tolerance
     runs.to_csv(report / "runs.csv", index=False)
     assert [d for d in rebuild_differences(report, tmp_path / "b") if d.startswith("runs.csv: column 'val/mse'")]
+
+
+def test_checkpoints_travel_only_when_asked(swept, tmp_path):
+    ok(run("export", "tiny", "-o", tmp_path / "ckpt.tar.gz", "--with-checkpoints", home=swept["home"], cwd=tmp_path))
+    with tarfile.open(tmp_path / "ckpt.tar.gz") as tar:
+        assert [n for n in tar.getnames() if n.startswith("checkpoints/") and n.endswith("last.ckpt")]
+    home = tmp_path / "home"
+    ok(run("import", tmp_path / "ckpt.tar.gz", home=home, cwd=tmp_path))
+    trials = [r for r in all_runs(stores(home)[1]) if r.data.tags.get("rnnsuite.level") == "trial"]
+    for r in trials:  # each run's checkpoints in this home's checkpoint folder, under the run's new id
+        folder = Path(r.data.tags["rnnsuite.checkpoint_dir"])
+        assert folder == home / "checkpoints" / r.info.run_id and (folder / "last.ckpt").is_file()
