@@ -53,7 +53,6 @@ class Archive:
     experiment: dict = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)
     metrics: dict[str, list[tuple]] = field(default_factory=dict)  # run_id -> [(key, step, timestamp, value)]
-    digest: str = ""  # sha256 of the manifest: the identity of this archive's content
 
     @property
     def name(self) -> str:
@@ -167,7 +166,7 @@ def read_archive(path: str | Path, workdir: str | Path) -> Archive:
                          f"({FORMAT_VERSION}); upgrade rnnsuite (the archive says rnnsuite "
                          f"{manifest.get('rnnsuite', '?')})")
     _check_members(path, root, manifest)
-    archive = Archive(path=path, root=root, manifest=manifest, digest=sha256(manifest_path))
+    archive = Archive(path=path, root=root, manifest=manifest)
     try:
         _parse(archive)
     except (ValueError, KeyError, TypeError) as exc:
@@ -206,18 +205,26 @@ def _jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _require(row: dict, keys: tuple[str, ...], what: str) -> None:
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ValueError(f"{what} without {missing[0]!r}")
+
+
 def _parse(a: Archive) -> None:
     a.studies = _jsonl(a.root / STUDIES)
     a.trials = _jsonl(a.root / TRIALS)
     a.experiment = json.loads((a.root / EXPERIMENT).read_text(encoding="utf-8"))
     a.runs = _jsonl(a.root / RUNS)
     for s in a.studies:
-        s["name"], s["directions"]  # noqa: B018  (KeyError: damaged)
+        _require(s, ("name", "directions"), "a study")
     names = {s["name"] for s in a.studies}
     for t in a.trials:
+        _require(t, ("study", "number", "state", "params", "distributions"), "a trial")
         if t["study"] not in names:
             raise ValueError(f"trial of unknown study {t['study']!r}")
-        int(t["number"]), t["state"], t["params"], t["distributions"]  # noqa: B018
+    for r in a.runs:
+        _require(r, ("run_id", "origin_id", "status", "tags", "params"), "a run")
     ids = {r["run_id"] for r in a.runs}
     with open(a.root / METRICS, encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
