@@ -280,6 +280,28 @@ def test_missing_file_and_unknown_sweep_are_one_line(swept, tmp_path):
     refused(run("export", "nosuch", "-o", tmp_path / "x.tar.gz", home=swept["home"], cwd=tmp_path, process=True),
             "no sweep named 'nosuch'")
     assert not (tmp_path / "x.tar.gz").exists() and not (tmp_path / "h").exists()
+    refused(run("report", "other", "--from", swept["archive"], "-o", tmp_path / "r", home=tmp_path / "h",
+                cwd=tmp_path), "holds sweep 'tiny', not 'other'")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "h").exists()
+
+
+def test_a_run_id_that_is_a_path_is_refused(swept, tmp_path):
+    def escape(data: bytes) -> bytes:
+        rows = [json.loads(line) for line in data.decode().splitlines()]
+        rows[0]["run_id"] = "../../outside"
+        return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+    bad = repack(swept["archive"], tmp_path / "bad.tar.gz", member=("mlflow/runs.jsonl", escape))
+    data = json.loads(tarfile.open(bad).extractfile("manifest.json").read())
+    import hashlib
+
+    with tarfile.open(bad) as tar:  # checksums made to match: only the content check can catch it
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    data["members"]["mlflow/runs.jsonl"] = hashlib.sha256(files["mlflow/runs.jsonl"]).hexdigest()
+    repack(bad, tmp_path / "bad2.tar.gz", manifest=lambda m: m.update(members=data["members"]))
+    refused(run("import", tmp_path / "bad2.tar.gz", home=tmp_path / "h", cwd=tmp_path),
+            "damaged archive (unreadable content: run id '../../outside' is not an MLflow run id)")
+    assert not (tmp_path / "h").exists()
 
 
 # ---------------------------------------------------------------------------------------------- resume elsewhere

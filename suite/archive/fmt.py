@@ -23,6 +23,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import tarfile
 import tempfile
 import zlib
@@ -38,6 +39,7 @@ STUDIES, TRIALS = "optuna/studies.jsonl", "optuna/trials.jsonl"
 EXPERIMENT, RUNS, METRICS = "mlflow/experiment.json", "mlflow/runs.jsonl", "mlflow/metrics.csv"
 METRIC_COLUMNS = ["run_id", "key", "step", "timestamp", "value"]
 REQUIRED = (STUDIES, TRIALS, EXPERIMENT, RUNS, METRICS)
+RUN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 UPGRADES: dict = {}  # version -> function(Archive) bringing an archive of that version to the next one
 
 
@@ -196,6 +198,8 @@ def _check_members(path: Path, root: Path, manifest: dict) -> None:
     for key in ("sweep", "origin"):
         if not isinstance(manifest.get(key), str) or not manifest[key]:
             raise SuiteError(f"{path}: damaged archive ({MANIFEST} has no {key!r})")
+    if "/" in manifest["sweep"]:
+        raise SuiteError(f"{path}: damaged archive (sweep name {manifest['sweep'][:60]!r} holds '/')")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -225,6 +229,8 @@ def _parse(a: Archive) -> None:
             raise ValueError(f"trial of unknown study {t['study']!r}")
     for r in a.runs:
         _require(r, ("run_id", "origin_id", "status", "tags", "params"), "a run")
+        if not RUN_ID.fullmatch(str(r["run_id"])):  # it names folders of artifacts/ and checkpoints/
+            raise ValueError(f"run id {str(r['run_id'])[:40]!r} is not an MLflow run id")
     ids = {r["run_id"] for r in a.runs}
     with open(a.root / METRICS, encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
