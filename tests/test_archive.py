@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 from report_csvs import csv_differences
 from test_sweep import TINY, assert_exact, write
 
-SPEC = dict(TINY, base={**TINY["base"], "train": {**TINY["base"]["train"], "diag_every": 10}})  # profiles too
+SPEC = dict(TINY, base={**TINY["base"], "train": {**TINY["base"]["train"], "diag_every": 10}},  # profiles too
+            search={**TINY["search"], "optim.clip": {"type": "choice", "values": [1.0, 5.0]}})  # categorical too
 KILLPOINT = Path(__file__).with_name("killpoint.py")
 
 
@@ -120,6 +121,15 @@ def test_archive_members_are_plain_files_pandas_reads(swept, tmp_path):
         assert (tmp_path / "artifacts" / run_id / "config.yaml").is_file()
         assert (tmp_path / "artifacts" / run_id / "diagnostics/grad_profile.csv").is_file()
     assert not list(tmp_path.rglob("*.png")) and not (tmp_path / "checkpoints").exists()
+
+
+def test_json_lines_keep_key_order(tmp_path):
+    """A trial's params go back to Optuna in the order it sampled them: sorted keys put a synthetic sweep's
+    param.optim.clip before param.optim.lr in the rebuilt trials.csv."""
+    from suite.archive.fmt import write_jsonl
+
+    write_jsonl(tmp_path / "t.jsonl", [{"params": {"optim.lr": 0.1, "optim.clip": 1.0}}])
+    assert list(json.loads((tmp_path / "t.jsonl").read_text())["params"]) == ["optim.lr", "optim.clip"]
 
 
 def test_round_trip_on_embedded_stores_gives_the_same_report(swept, tmp_path):

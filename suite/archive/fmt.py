@@ -76,7 +76,7 @@ def write_jsonl(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.write(json.dumps(row) + "\n")  # key order kept: a trial's params in the order it sampled them
 
 
 def write_metrics(path: Path, rows) -> None:
