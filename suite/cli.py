@@ -166,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read a sweep's MLflow runs and Optuna studies and write index.html (self-"
                        "contained), report.md with PNG figures, and CSVs of every table to DIR; the same files "
                        "are logged as artifacts of the sweep's parent MLflow run. Works on a sweep still running.")
-    p.add_argument("name", help="the sweep's name (the `name:` of its sweep file), or a sweep file")
+    p.add_argument("name", nargs="?", help="the sweep's name (the `name:` of its sweep file), or a sweep file "
+                   "(optional with --from)")
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default reports/NAME)")
+    p.add_argument("--from", dest="source", metavar="FILE", help="build the report from an archive written by "
+                   "`rnnsuite export`, without importing it into any store")
     p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
     p.add_argument("--reference", default="gru", help="the cell every other cell is tested against (default gru)")
@@ -186,10 +189,44 @@ def build_parser() -> argparse.ArgumentParser:
                    "named under \"skipped\" and the others still run")
     p.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("export", help="write a sweep's Optuna trials and MLflow runs to one archive file",
+                       description="Export a sweep (its Optuna studies with every trial, its MLflow runs with "
+                       "tags, params, full metric histories and artifacts) to one .tar.gz with a manifest of "
+                       "versions and checksums; docs/archives.md describes the format (pandas reads it).")
+    p.add_argument("name", help="the sweep's name, or its sweep file")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the archive to write, e.g. "
+                   "NAME.rnnsuite.tar.gz")
+    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    p.add_argument("--with-checkpoints", action="store_true", help="also the runs' checkpoint files (large)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import", help="restore a sweep archive into MLflow and Optuna stores (then resume it)",
+                       description="Restore an archive written by `rnnsuite export` into any stores. Runs get new "
+                       "MLflow ids (the source id is kept in the tag rnnsuite.source_run_id); importing twice "
+                       "changes nothing; stores holding a different sweep of that name are refused. Running the "
+                       "same `rnnsuite sweep` command afterwards resumes the sweep.")
+    p.add_argument("file", help="an archive written by rnnsuite export")
+    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    p.set_defaults(func=_cmd_import)
+
     from . import ui
 
     ui.add_parser(sub)
     return parser
+
+
+def _cmd_export(args) -> int:
+    from .archive.command import run_export
+
+    return run_export(args)
+
+
+def _cmd_import(args) -> int:
+    from .archive.command import run_import
+
+    return run_import(args)
 
 
 def _cmd_report(args) -> int:

@@ -58,6 +58,13 @@ CSV_HELP = {
 # ---------------------------------------------------------------------------------------------- the command
 def run_report(args) -> int:
     """The CLI entry point: build the report, print where it is; SuiteErrors become one line and exit 2."""
+    if getattr(args, "source", None):
+        from .archive.command import report_from
+
+        report_from(args, _command(args))
+        return 0
+    if not args.name:
+        raise SuiteError("report needs a sweep NAME (or --from FILE, an archive written by rnnsuite export)")
     name = sweep_name(args.name)
     out = Path(args.output) if args.output else Path("reports") / name
     sweep_file = args.name if name != args.name else None
@@ -70,8 +77,9 @@ def run_report(args) -> int:
 
 
 def _command(args) -> str:
-    parts = ["rnnsuite", "report", args.name]
-    for flag, value in (("-o", args.output), ("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
+    parts = ["rnnsuite", "report", *([args.name] if args.name else [])]
+    for flag, value in (("-o", args.output), ("--from", getattr(args, "source", None)), ("--storage", args.storage),
+                        ("--tracking-uri", args.tracking_uri)):
         if value:
             parts += [flag, mask(value)]
     if args.reference and args.reference != DEFAULT_REFERENCE:
@@ -81,12 +89,13 @@ def _command(args) -> str:
 
 def build_report(name: str, out: Path, *, storage: str | None = None, tracking_uri: str | None = None,
                  reference: str = DEFAULT_REFERENCE, test: str = "welch", command: str = "",
-                 sweep_file: str | None = None, log_artifacts: bool = True) -> dict:
+                 sweep_file: str | None = None, log_artifacts: bool = True, archive: str = "") -> dict:
     """Read, analyse, draw, render, write and log one report; returns what was made (for the CLI and benchmarks).
 
     test: "welch" (Welch's t-test) or "mannwhitney" (Mann–Whitney U); sweep_file: the file the sweep ran from,
     when known, for the reproduction command."""
     data = load(name, storage, tracking_uri)  # the stores are checked before anything is written
+    data.archive = archive
     an = analyse(data, reference, test)  # so is --reference
     design = design_table(an)
     if design is not None:
@@ -157,8 +166,9 @@ def document(an: Analysis, figures: dict, command: str, sweep_file: str | None =
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc = Document(f"Sweep {d.name}: {', '.join(an.cells)} on {task_title(an)}",
                    (f"{d.spec['description'].rstrip('.')}. " if d.spec["description"] else "")
-                   + f"Built {built} from MLflow `{shown_store(d.tracking_uri)}` and Optuna "
-                     f"`{shown_store(d.storage_url)}`.")
+                   + (f"Built {built} from the archive `{d.archive}`." if d.archive else
+                      f"Built {built} from MLflow `{shown_store(d.tracking_uri)}` and Optuna "
+                      f"`{shown_store(d.storage_url)}`."))
     if not an.progress["finished"]:
         doc.add(Para(status_line(an) + " Every number below covers finished runs only and will change.",
                      "warning"))

@@ -31,7 +31,7 @@ PROFILE = "diagnostics/grad_profile.csv"
 GATE_HIST = "diagnostics/gate_hist.csv"  # runs since issue 21; older runs have none ("not recorded")
 TAGS_KEPT = ("cell", "phase", "trial", "seed", "study", "task", "confirm.rank", "confirm.source_trial", "device",
              "git.commit", "rnnsuite.version", "rnnsuite.lock", "rnnsuite.lock_match", "pruned.reason", "pruned.step",
-             "failure.reason", "failure.step", "mlflow.parentRunId", "rnnsuite.command")
+             "failure.reason", "failure.step", "mlflow.parentRunId", "rnnsuite.command", "rnnsuite.source_run_id")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class SweepData:
     task: Any = None  # the Task (baseline, solved, published), None if it cannot be rebuilt here
     task_note: str = ""  # why the task could not be rebuilt
     notes: list[str] = field(default_factory=list)
+    archive: str = ""  # the archive (rnnsuite export) the report was built from, when it was
 
 
 # ---------------------------------------------------------------------------------------------- the stores
@@ -170,6 +171,16 @@ def _from_mlflow(value: float) -> float:
     if isinstance(value, float) and abs(value) == sys.float_info.max:
         return math.copysign(math.inf, value)
     return value
+
+
+SOURCE_RUN_ID = "tags.rnnsuite.source_run_id"  # on an imported run: the id it was first logged under
+
+
+def original_run_id(row) -> str:
+    """The id a run was logged under where the sweep ran (an imported run's new id differs), so that a report's
+    CSVs are the same whichever stores it is built from."""
+    source = row.get(SOURCE_RUN_ID) if hasattr(row, "get") else None
+    return source if isinstance(source, str) and source else row["run_id"]
 
 
 def trial_runs(frame: pd.DataFrame) -> pd.DataFrame:

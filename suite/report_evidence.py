@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 
+from .report_data import original_run_id
 from .report_scale import scale_for, summarize
 from .report_tables import (QUALITATIVE, Analysis, diverged_confirmations, failed_confirmations, fmt, label,
                             leaderboard_display, slug)
@@ -23,11 +24,11 @@ def seed_values(an: Analysis) -> pd.DataFrame:
     rows = []
     for cell in an.cells:
         for _, r in _runs(an, cell).iterrows():
-            rows.append({"cell": cell, "seed": r["seed"], "run_id": r["run_id"], "status": "finished",
+            rows.append({"cell": cell, "seed": r["seed"], "run_id": original_run_id(r), "status": "finished",
                          "metric": an.primary, "value": r.get(an.col(an.primary), math.nan),
                          "step": r.get("steps", math.nan)})
         for _, r in diverged_confirmations(an, cell).iterrows():
-            rows.append({"cell": cell, "seed": r["seed"], "run_id": r["run_id"], "status": "diverged",
+            rows.append({"cell": cell, "seed": r["seed"], "run_id": original_run_id(r), "status": "diverged",
                          "metric": an.primary, "value": math.nan, "step": r.get("stopped_at", math.nan)})
     return pd.DataFrame(rows, columns=["cell", "seed", "run_id", "status", "metric", "value", "step"])
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .registry import SuiteError
-from .report_data import SweepData
+from .report_data import SweepData, original_run_id
 from .report_keys import DEFAULT_EQUIVALENCE
 from .report_stats import t_interval
 
@@ -369,6 +369,7 @@ def per_run(an: Analysis) -> Table:
     params = [f"params.{k}" for k in an.data.spec["search"] if f"params.{k}" in runs]
     raw = runs[keep + params + metrics].copy()
     raw["confirmed"] = raw["run_id"].isin(an.confirmed["run_id"]) if len(an.confirmed) else False
+    raw["run_id"] = [original_run_id(r) for _, r in runs.iterrows()]  # an imported run: the id it was logged under
     raw.columns = [c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c for c in raw.columns]
     raw = raw.sort_values(["cell", "phase", "trial"], kind="stable").reset_index(drop=True)
     return Table("runs", raw, raw.astype(str))

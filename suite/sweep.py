@@ -65,6 +65,9 @@ NO_WORKER_GRACE = 60.0  # a trial gets its worker within milliseconds of `ask`; 
 HEARTBEAT = 20.0  # seconds between heartbeats
 MAX_RETRIES = 2  # a configuration that crashes its worker this often is not enqueued again
 CRASH_STREAK = 10  # a worker whose last this-many trials all crashed stops (a broken setup, not a bad config)
+# user attribute of a trial that was RUNNING in an imported archive (rnnsuite import): its worker reports to the
+# stores it was exported from, never to these, so the trial is lost here and reaped at once
+ARCHIVED_RUNNING = "archived_running"
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 SPEC_KEYS = ("name", "description", "task", "base", "cells", "budget", "search", "param_match", "sampler",
@@ -713,6 +716,8 @@ class Sweep:
                   f"{first_line(exc)}", file=sys.stderr)
 
     def _is_lost(self, t) -> bool:
+        if t.user_attrs.get(ARCHIVED_RUNNING):
+            return True
         worker = t.user_attrs.get("worker", "")
         started = t.datetime_start.timestamp() if t.datetime_start else 0
         if not worker:  # killed between `ask` and recording its worker

@@ -262,7 +262,10 @@ def test_list_shows_every_cell_with_its_paper_every_task_and_every_named_setting
 
 
 @pytest.mark.parametrize("args,flags", [
-    (["--help"], ["list", "train", "sweep", "report", "bench", "ui", "--version"]),
+    (["--help"], ["list", "train", "sweep", "report", "bench", "ui", "export", "import", "--version"]),
+    (["export", "--help"], ["--output", "--storage", "--tracking-uri", "--with-checkpoints"]),
+    (["import", "--help"], ["--storage", "--tracking-uri"]),
+    (["report", "--help"], ["--from", "--output", "--storage", "--tracking-uri", "--reference"]),
     (["train", "--help"], ["--task", "--cell", "--config", "--steps", "--epochs", "--seed", "--set",
                            "--tracking-uri", "--experiment", "--device", "--resume", "--json"]),
 ])
