@@ -289,7 +289,8 @@ def _leaderboard_section(doc: Document, an: Analysis) -> None:
     if task is not None:
         b = task.baseline
         text += (f" Baseline: {label(b.metric)} {fmt(b.value)} = {b.formula} ({b.source}). Solved: "
-                 f"{task.solved or 'no criterion for this task'}. 'beats baseline' = the whole interval is below it.")
+                 f"{task.solved or 'no criterion for this task'}. 'beats baseline' = the whole interval is "
+                 f"{'above' if b.higher_is_better else 'below'} it.")
     text += (" Rows marked † are published numbers quoted with their citations from the papers' own settings, not "
              "re-run here; (unchecked) marks numbers from secondary sources.")
     doc.add(Heading("1. Leaderboard"), Para(text),

@@ -60,6 +60,8 @@ def resolve_device(name: str) -> str:
 def build_task(cfg: RunConfig):
     try:
         return tasks.build(cfg.task.name, **cfg.task.options)
+    except SuiteError:
+        raise  # already one line written for the user (a missing data folder names what to put where)
     except (TypeError, ValueError, OverflowError) as exc:  # an option of the wrong type reaching the task's code
         raise SuiteError(f"task {cfg.task.name!r}: bad option value ({first_line(exc)})") from None
 

@@ -51,6 +51,7 @@ class ClassificationTask(Task):
     solved = None  # accuracy has no ceiling a cell must reach: the report ranks and compares with baselines
 
     classes: int
+    dataset: str  # names the examples (several tasks may read one dataset differently)
 
     def _setup(self, readout, permute, protocol, val_size, batch_size, eval_batch_size) -> None:
         """Check the shared options, load the data and cut the splits. Call after the subclass's own checks."""
@@ -87,10 +88,10 @@ class ClassificationTask(Task):
         raise NotImplementedError
 
     def identity(self) -> dict:
-        """The settings that define the data: the held-out split's seed hangs on them (not on how the data is
-        batched or read out, nor on the folder it came from)."""
-        skip = {"batch_size", "eval_batch_size", "readout", "path"}
-        return {"task": self.name, **{k: v for k, v in self.options.items() if k not in skip}}
+        """What the held-out split's seed hangs on: the dataset and the hold-out size, not how the examples are
+        read (permuted or not, pixels or rows, batched, from which folder), so that smnist and psmnist, or
+        mnist1d and its shuffled form, hold out the same examples."""
+        return {"dataset": self.dataset, "val_size": self.val_size}
 
     # ------------------------------------------------------------------ data
     def inputs(self, x: Tensor) -> Tensor:

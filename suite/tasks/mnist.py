@@ -39,14 +39,18 @@ def _find(folder: Path, name: str) -> Path | None:
     return None
 
 
-def locate(path: str | None) -> dict[str, Path]:
-    """The four IDX files; anything missing is one line saying what to put where."""
-    wanted = ", ".join(n for pair in FILES.values() for n in pair)
-    folder = path or os.environ.get(ENV)
-    if not folder:
+def folder(path: str | None) -> Path:
+    """task.path, else $RNNSUITE_MNIST; neither is one line saying what to put where."""
+    given = path or os.environ.get(ENV)
+    if not given:
+        wanted = ", ".join(n for pair in FILES.values() for n in pair)
         raise SuiteError(f"MNIST needs its IDX files ({wanted}; .gz accepted): set task.path=FOLDER or {ENV}=FOLDER "
                          "(the suite never downloads them)")
-    root = Path(folder).expanduser()
+    return Path(given).expanduser().absolute()
+
+
+def locate(root: Path) -> dict[str, Path]:
+    """The four IDX files in ``root`` (or torchvision's ``root/MNIST/raw``); anything missing is one line."""
     found = {name: _find(root, name) for pair in FILES.values() for name in pair}
     missing = [name for name, p in found.items() if p is None]
     if missing:
@@ -55,10 +59,15 @@ def locate(path: str | None) -> dict[str, Path]:
     return found
 
 
+def load_mnist(path: str | None) -> tuple[Examples, Examples]:
+    """(train, test) as (N, 784) uint8 images and (N,) labels from task.path or $RNNSUITE_MNIST."""
+    return _load(folder(path))
+
+
 @functools.lru_cache(maxsize=2)
-def load_mnist(folder: str | None) -> tuple[Examples, Examples]:
-    """(train, test) as (N, 784) uint8 images and (N,) labels, read once per process and folder."""
-    files = locate(folder)
+def _load(root: Path) -> tuple[Examples, Examples]:
+    """Read once per process and folder."""
+    files = locate(root)
     out = []
     for split, (images, labels) in FILES.items():
         x, y = read_idx(files[images]), read_idx(files[labels])
@@ -73,6 +82,7 @@ def load_mnist(folder: str | None) -> tuple[Examples, Examples]:
           LE)
 class SequentialMNIST(ClassificationTask):
     classes = 10
+    dataset = "mnist"
 
     def __init__(self, *, path: str | None = None, row: bool = False, readout: str = "last", permute: bool = False,
                  protocol: str = "holdout", val_size: int = 5000, batch_size: int = 100, eval_batch_size: int = 1000):

@@ -53,6 +53,7 @@ def generate() -> tuple[Examples, Examples]:
 @register("mnist1d", "MNIST-1D: classify 40-step 1-D digit signals into 10 classes (generated offline)", GREYDANUS)
 class MNIST1D(ClassificationTask):
     classes = 10
+    dataset = "mnist1d"
 
     def __init__(self, *, readout: str = "last", permute: bool = False, protocol: str = "holdout",
                  val_size: int = 500, batch_size: int = 100, eval_batch_size: int = 1000):

@@ -1,0 +1,291 @@
+"""Sequence classification: MNIST-1D, sequential/permuted MNIST from IDX files, readouts, bidirectional layers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from suite import tasks
+from suite.config import build_config
+from suite.diagnostics import gradient_profile
+from suite.model import SequenceModel
+from suite.packed import packable
+from suite.registry import SuiteError
+from suite.tasks.idx import read_idx, write_idx
+from suite.tasks.mnist import FILES
+from suite.train import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rows(x: torch.Tensor) -> set:
+    return {tuple(r) for r in x.flatten(1).tolist()}
+
+
+# ----------------------------------------------------------------------------- MNIST-1D
+def test_mnist1d_shapes_and_splits():
+    task = tasks.build("mnist1d")
+    assert (task.seq_len, task.input_size, task.output_size, task.encoding) == (40, 1, 10, "real")
+    batch = next(task.train_batches(0, "cpu"))
+    assert batch.x.shape == (100, 40, 1) and batch.x.dtype == torch.float32
+    assert batch.y.shape == (100,) and batch.y.dtype == torch.long and int(batch.y.max()) <= 9
+    val, test = task.val_batches("cpu"), task.test_batches("cpu")
+    assert sum(b.size for b in val) == 500 and sum(b.size for b in test) == 1000
+    assert len(task.splits["train"].y) == 3500
+    assert not rows(task.splits["train"].x) & rows(val[0].x)  # held out, not also trained on
+    published = tasks.build("mnist1d", protocol="published")
+    assert len(published.splits["train"].y) == 4000  # the paper trains on every training example
+    assert torch.equal(published.val_batches("cpu")[0].x, test[0].x)  # and validates on the test set
+    # the hold-out comes from the published training examples: together they are the 4,000
+    assert rows(task.splits["train"].x) | rows(val[0].x) == rows(published.splits["train"].x)
+
+
+def test_mnist1d_generation_leaves_the_global_random_state_alone():
+    from suite.tasks import mnist1d
+
+    mnist1d.generate.cache_clear()
+    np.random.seed(7)
+    expected = np.random.rand()
+    np.random.seed(7)
+    mnist1d.generate()
+    assert np.random.rand() == expected
+
+
+def test_every_training_example_is_seen_once_per_epoch():
+    task = tasks.build("mnist1d", batch_size=500)
+    stream = task.train_batches(3, "cpu")
+    epoch = torch.cat([next(stream).y for _ in range(7)])  # 3,500 / 500
+    assert torch.equal(torch.bincount(epoch, minlength=10), torch.bincount(task.splits["train"].y, minlength=10))
+    again = tasks.build("mnist1d", batch_size=500).train_batches(3, "cpu")
+    assert torch.equal(next(again).x, next(tasks.build("mnist1d", batch_size=500).train_batches(3, "cpu")).x)
+
+
+def checksum(name, opts) -> str:
+    task = tasks.build(name, **opts)
+    parts = [task.val_batches("cpu")[0], task.test_batches("cpu")[0], next(task.train_batches(5, "cpu"))]
+    return ",".join(f"{float(b.x.double().sum()):.6f}:{float((b.x.double().flatten() * torch.arange(b.x.numel())).sum()):.4f}:"
+                    f"{int(b.y.sum())}" for b in parts)
+
+
+def test_splits_and_permutation_are_identical_in_another_process():
+    cases = [("mnist1d", {}), ("mnist1d", {"permute": True}), ("mnist1d", {"protocol": "published"})]
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.test_classification import checksum; "
+            f"print('|'.join(checksum(n, o) for n, o in {cases!r}))")
+    env = {**os.environ, "PYTHONHASHSEED": "4321"}
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, env=env,
+                         check=True, cwd=ROOT).stdout.strip()
+    assert out == "|".join(checksum(n, o) for n, o in cases)
+    assert len(set(out.split("|"))) == 3
+
+
+def test_permutation_is_fixed_and_applied_to_every_split():
+    plain, shuffled = tasks.build("mnist1d"), tasks.build("mnist1d", permute=True)
+    order = shuffled.order
+    assert sorted(order.tolist()) == list(range(40)) and order.tolist() != list(range(40))
+    assert torch.equal(tasks.build("mnist1d", permute=True).order, order)  # one permutation, not one per build
+    for split in ("val_batches", "test_batches"):
+        assert torch.equal(getattr(shuffled, split)("cpu")[0].x, getattr(plain, split)("cpu")[0].x[:, order])
+    a, b = next(plain.train_batches(9, "cpu")), next(shuffled.train_batches(9, "cpu"))
+    assert torch.equal(b.x, a.x[:, order]) and torch.equal(a.y, b.y)  # same examples, same order, steps permuted
+
+
+def test_baselines_are_what_a_memoryless_predictor_scores():
+    task = tasks.build("mnist1d")
+    b = task.baseline
+    assert b.metric == "acc" and b.higher_is_better and dict(b.others) == {"chance (1/10)": 0.1}
+    majority = int(torch.bincount(task.splits["train"].y).argmax())
+
+    def constant(batch):  # ignores the sequence: always the training set's most frequent class
+        out = torch.full((batch.size, 1, 10), -1e4)
+        out[..., majority] = 1e4
+        return out
+
+    metrics = task.evaluate((constant(v), v) for v in task.val_batches("cpu"))
+    assert metrics["acc"] == pytest.approx(b.value, abs=1e-12)
+    uniform = task.evaluate((torch.zeros(v.size, 1, 10), v) for v in task.val_batches("cpu"))
+    assert uniform["loss"] == pytest.approx(math.log(10), rel=1e-6)  # chance in nats
+    assert task.metric == "acc" and task.direction == "maximize" and task.solved is None
+
+
+def test_published_numbers():
+    assert {p.description: p.value for p in tasks.build("mnist1d").published}["GRU (bidirectional, 6 units)"] == 0.91
+    shuffled = {p.description: p.value for p in tasks.build("mnist1d", permute=True).published}
+    assert shuffled["GRU (bidirectional, 6 units), spatially shuffled"] == 0.57
+    assert all(p.metric == "test/acc" for p in tasks.build("mnist1d").published)
+
+
+@pytest.mark.parametrize("opts,fragment", [
+    ({"readout": "max"}, "readout='max' must be one of last, mean, flatten"),
+    ({"protocol": "paper"}, "protocol='paper' must be one of holdout, published"),
+    ({"val_size": 4000}, "val_size=4000 must be below the 4000 training examples"),
+    ({"permute": "yes"}, "permute='yes' must be true or false"),
+])
+def test_bad_options(opts, fragment):
+    with pytest.raises(SuiteError, match=fragment):
+        tasks.build("mnist1d", **opts)
+
+
+# ----------------------------------------------------------------------------- IDX files and (p)sMNIST
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+@pytest.mark.parametrize("dtype", ["u1", "i2", "i4", "f4", "f8"])
+def test_idx_round_trip(tmp_path, name, dtype):
+    array = (np.arange(2 * 3 * 5).reshape(2, 3, 5) * 3 - 7).astype(dtype) if dtype != "u1" else \
+        np.arange(30, dtype="u1").reshape(2, 3, 5) * 7
+    path = write_idx(tmp_path / name, array)
+    back = read_idx(path)
+    assert back.dtype == np.dtype(dtype).newbyteorder("=") and np.array_equal(back, array)
+    if dtype == "u1" and not name.endswith(".gz"):  # the published layout, byte for byte
+        assert path.read_bytes()[:16] == bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 5])
+
+
+def test_idx_errors(tmp_path):
+    (tmp_path / "bad").write_bytes(b"hello world")
+    with pytest.raises(SuiteError, match="is not an IDX file"):
+        read_idx(tmp_path / "bad")
+    good = write_idx(tmp_path / "good", np.zeros((4, 2), dtype="u1"))
+    (tmp_path / "short").write_bytes(good.read_bytes()[:-1])
+    with pytest.raises(SuiteError, match=r"shape \(4, 2\)"):
+        read_idx(tmp_path / "short")
+
+
+def fake_mnist(folder: Path, n_train=60, n_test=20, gz=False) -> tuple[np.ndarray, np.ndarray]:
+    """Small MNIST-shaped IDX files: images whose pixel (i, j) is (label * 20 + i + j) % 256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for (images, labels), n in zip(FILES.values(), (n_train, n_test)):
+        y = rng.integers(0, 10, n).astype("u1")
+        x = ((y[:, None, None].astype(int) * 20 + np.arange(28)[:, None] + np.arange(28)) % 256).astype("u1")
+        suffix = ".gz" if gz else ""
+        write_idx(folder / (images + suffix), x)
+        write_idx(folder / (labels + suffix), y)
+        out.append(x)
+    return out[0], out[1]
+
+
+def test_smnist_reads_idx_files_pixel_and_row(tmp_path):
+    _, test_x = fake_mnist(tmp_path / "plain")
+    task = tasks.build("smnist", path=str(tmp_path / "plain"), val_size=10, batch_size=5)
+    assert (task.seq_len, task.input_size) == (784, 1)
+    assert len(task.splits["train"].y) == 50 and sum(b.size for b in task.test_batches("cpu")) == 20
+    first = task.test_batches("cpu")[0].x
+    assert torch.allclose(first[:, :, 0], torch.from_numpy(test_x.reshape(20, -1)).float() / 255)  # row-major pixels
+    rowwise = tasks.build("smnist", path=str(tmp_path / "plain"), row=True, val_size=10, batch_size=5)
+    assert (rowwise.seq_len, rowwise.input_size) == (28, 28)
+    assert torch.equal(rowwise.test_batches("cpu")[0].x.flatten(1), first.flatten(1))
+    assert next(task.train_batches(0, "cpu")).x.shape == (5, 784, 1)
+
+
+def test_psmnist_is_smnist_with_one_fixed_permutation(tmp_path):
+    fake_mnist(tmp_path / "MNIST" / "raw", gz=True)  # torchvision's layout, gzip-compressed
+    plain = tasks.build("smnist", path=str(tmp_path), val_size=10, batch_size=5)
+    perm = tasks.build("psmnist", path=str(tmp_path), val_size=10, batch_size=5)
+    assert torch.equal(perm.order, tasks.build("smnist", path=str(tmp_path), permute=True, val_size=10, batch_size=5).order)
+    assert torch.equal(perm.test_batches("cpu")[0].x, plain.test_batches("cpu")[0].x[:, perm.order])
+    pub = {p.description: (p.value, p.checked) for p in perm.published}
+    assert pub["JANET, permuted pixel MNIST"] == (0.925, False)
+    assert {p.description: p.value for p in plain.published}["IRNN, pixel MNIST"] == 0.97
+
+
+def test_mnist_folder_from_the_environment(tmp_path, monkeypatch):
+    fake_mnist(tmp_path / "env")
+    monkeypatch.setenv("RNNSUITE_MNIST", str(tmp_path / "env"))
+    assert tasks.build("smnist", val_size=10, batch_size=5).seq_len == 784
+
+
+def test_missing_mnist_is_one_line_naming_what_to_put_where(tmp_path, monkeypatch):
+    monkeypatch.delenv("RNNSUITE_MNIST", raising=False)
+    with pytest.raises(SuiteError, match="set task.path=FOLDER or RNNSUITE_MNIST=FOLDER"):
+        tasks.build("smnist")
+    out = subprocess.run([sys.executable, "-m", "suite", "train", "--task", "psmnist", "--steps", "2",
+                          "--set", f"task.path={tmp_path / 'nowhere'}"], capture_output=True, text=True, cwd=tmp_path,
+                         env={k: v for k, v in os.environ.items() if k != "RNNSUITE_MNIST"})
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr
+    assert "train-images-idx3-ubyte" in lines[0] and str(tmp_path / "nowhere") in lines[0]
+    assert "never downloads" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- readouts and bidirectional layers
+def test_readouts_read_the_per_step_outputs():
+    torch.manual_seed(0)
+    step = SequenceModel("gru", "real", 3, 4, 8).double()
+    x = torch.randn(5, 7, 3, dtype=torch.double)
+    per_step, _ = step(x)  # (5, 7, 4)
+    for readout, expected in (("last", per_step[:, -1:]), ("mean", per_step.mean(1, keepdim=True))):
+        model = SequenceModel("gru", "real", 3, 4, 8, readout=readout).double()
+        model.load_state_dict(step.state_dict())
+        out, _ = model(x)
+        assert out.shape == (5, 1, 4) and torch.allclose(out, expected)
+    flat = SequenceModel("gru", "real", 3, 4, 8, readout="flatten", seq_len=7).double()
+    flat.layers.load_state_dict(step.layers.state_dict())
+    h, _ = step.layers[0](x)
+    out, _ = flat(x)
+    assert flat.head.weight.shape == (4, 7 * 8)
+    assert torch.allclose(out[:, 0], h.flatten(1) @ flat.head.weight.T + flat.head.bias)
+    with pytest.raises(SuiteError, match="flatten"):
+        SequenceModel("gru", "real", 3, 4, 8, readout="flatten")
+
+
+def test_bidirectional_gru_matches_torch():
+    torch.manual_seed(0)
+    model = SequenceModel("gru", "real", 1, 10, 6, readout="flatten", seq_len=40, bidirectional=True).double()
+    ref = torch.nn.GRU(1, 6, batch_first=True, bidirectional=True).double()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{name}_l0").copy_(getattr(model.layers[0].fwd.rnn, f"{name}_l0"))
+            getattr(ref, f"{name}_l0_reverse").copy_(getattr(model.layers[0].bwd.rnn, f"{name}_l0"))
+    x = torch.randn(5, 40, 1, dtype=torch.double)
+    out, _ = ref(x)
+    got, _ = model(x)
+    assert torch.allclose(got[:, 0], model.head(out.flatten(1)), atol=1e-12)
+    # the published model's size: 2 x 162 recurrent + 480 x 10 + 10 head parameters
+    assert sum(p.numel() for p in model.parameters()) == 324 + 4810
+
+
+def test_bidirectional_needs_a_readout_and_is_not_packed():
+    cfg = build_config({"task": {"name": "copy", "length": 5}, "model": {"bidirectional": True}})
+    from suite.train import build_task
+
+    with pytest.raises(SuiteError, match="model.bidirectional"):
+        build_model(cfg, build_task(cfg))
+    bi = build_config({"task": {"name": "mnist1d"}, "model": {"bidirectional": True}})
+    assert "bidirectional" in packable(bi)
+    assert packable(build_config({"task": {"name": "mnist1d", "readout": "flatten"}})) is None
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gradient_profile_reads_the_loss_at_the_last_step(bidirectional):
+    task = tasks.build("mnist1d")
+    cfg = build_config({"task": {"name": "mnist1d"}, "model": {"hidden_size": 8, "bidirectional": bidirectional}})
+    model = build_model(cfg, task)
+    batch = task.val_batches("cpu")[0]
+    small = type(batch)(batch.x[:16], batch.y[:16])
+    profile, stats = gradient_profile(model, task, small)
+    assert len(profile["h"]) == 40 and profile["h"][-1] > 0
+    assert stats["gates/l0/z/saturation"] >= 0
+
+
+def test_permuted_and_plain_forms_hold_out_the_same_examples(tmp_path):
+    plain, shuffled = tasks.build("mnist1d"), tasks.build("mnist1d", permute=True, readout="mean", batch_size=7)
+    assert torch.equal(plain.splits["val"].y, shuffled.splits["val"].y)
+    fake_mnist(tmp_path)
+    a, b = tasks.build("smnist", path=str(tmp_path), val_size=10, batch_size=5), tasks.build("psmnist", path=str(tmp_path), val_size=10, batch_size=5)
+    assert torch.equal(a.splits["val"].x, b.splits["val"].x)  # stored examples; the permutation is applied on reading
+    assert not torch.equal(plain.splits["val"].y, tasks.build("mnist1d", val_size=499).splits["val"].y[:500])
