@@ -289,3 +289,89 @@ def test_permuted_and_plain_forms_hold_out_the_same_examples(tmp_path):
     a, b = tasks.build("smnist", path=str(tmp_path), val_size=10, batch_size=5), tasks.build("psmnist", path=str(tmp_path), val_size=10, batch_size=5)
     assert torch.equal(a.splits["val"].x, b.splits["val"].x)  # stored examples; the permutation is applied on reading
     assert not torch.equal(plain.splits["val"].y, tasks.build("mnist1d", val_size=499).splits["val"].y[:500])
+
+
+@pytest.mark.parametrize("cell", ["gru", "mingru"])  # the fused batched loop, and vmapped reference steps
+@pytest.mark.parametrize("readout", ["last", "mean", "flatten"])
+def test_a_pack_reads_out_as_each_model_alone(cell, readout):
+    from suite.packed import BatchedModel
+    from suite.train import build_task
+
+    cfg = build_config({"task": {"name": "mnist1d", "readout": readout}, "model": {"cell": cell, "hidden_size": 5}})
+    task = build_task(cfg)
+    models = []
+    for k in range(3):
+        torch.manual_seed(k)
+        models.append(build_model(cfg, task).double())
+    batches = task.train_batches(0, "cpu")
+    x = torch.stack([next(batches).x[:4].double() for _ in range(3)])  # (3, 4, 40, 1)
+    batched = BatchedModel(models, [0.0] * 3)
+    batched.train(False)
+    params, buffers = batched.stacked(models, [0, 1, 2])
+    out, _ = batched(params, buffers, x)
+    assert out.shape == (3, 4, 1, 10)
+    for k, model in enumerate(models):
+        alone, _ = model(x[k])
+        assert torch.allclose(out[k], alone, atol=1e-10, rtol=0)
+
+
+# ----------------------------------------------------------------------------- through the CLI: a run, a sweep, a report
+def cli(*args, cwd, timeout=600):
+    return subprocess.run([sys.executable, "-m", "suite", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def test_cli_train_on_mnist1d_learns(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--task", "mnist1d", "--cell", "gru", "--steps", "60", "--set", "model.hidden_size=16",
+              "--set", "task.readout=flatten", "--set", "optim.lr=0.01", "--set", "train.val_every=60",
+              "--set", "train.diag_every=0", "--set", "train.progress=false", "--tracking-uri", uri, "--json",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout.strip().splitlines()[-1])
+    assert payload["status"] == "FINISHED"
+    baseline = tasks.build("mnist1d").baseline.value
+    assert payload["val/acc"] > baseline + 0.1 and payload["test/acc"] > baseline + 0.1  # learnt something
+    import mlflow
+
+    run = mlflow.MlflowClient(uri).get_run(payload["run_id"])
+    assert run.data.params["task.baseline_metric"] == "acc"
+    assert float(run.data.params["task.baseline"]) == pytest.approx(baseline)
+    assert run.data.params["task.readout"] == "flatten" and run.data.params["model.bidirectional"] == "False"
+    assert "diag/grad_decay" in run.data.metrics  # the gradient profile ran on the classification loss
+
+
+@pytest.mark.slow
+def test_tiny_sweep_and_report_on_mnist1d(tmp_path):
+    import pandas as pd
+    import yaml
+
+    spec = {"name": "tinycls", "task": "mnist1d",
+            "base": {"model": {"hidden_size": 8},
+                     "train": {"val_every": 20, "diag_every": 0, "log_every": 10, "progress": False}},
+            "cells": ["gru", "mingru"], "budget": {"trials": 2, "steps": 20},
+            "search": {"optim.lr": {"type": "loguniform", "low": 3e-3, "high": 3e-2}},
+            "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
+            "confirm": {"top_k": 1, "seeds": 2}, "pack": 2}  # packs of 2: classification trains packed too
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    storage, tracking = str(tmp_path / "optuna.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("sweep", str(tmp_path / "s.yaml"), "--storage", storage, "--tracking-uri", tracking, "--quiet",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    done = cli("report", "tinycls", "-o", str(tmp_path / "rep"), "--storage", storage, "--tracking-uri", tracking,
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    board = pd.read_csv(tmp_path / "rep" / "leaderboard.csv")
+    ours = board[board["source"] == "this sweep"]
+    assert sorted(ours["cell"]) == ["gru", "mingru"] and (ours["n"] == 2).all()
+    assert ours["val_acc_mean"].between(0, 1).all() and ours["test_acc_mean"].between(0, 1).all()
+    reference = dict(zip(board["cell"], board["test_acc_mean"]))
+    assert reference["chance (1/10)"] == pytest.approx(0.1)
+    assert reference["baseline"] == pytest.approx(tasks.build("mnist1d").baseline.value)
+    assert reference["GRU (bidirectional, 6 units) †"] == pytest.approx(0.91) or \
+        reference.get("GRU (bidirectional, 6 units)") == pytest.approx(0.91)
+    # an accuracy beats its baseline from above
+    for _, row in ours.iterrows():
+        expected = "yes" if row["val_acc_mean"] - row["val_acc_ci95"] > reference["baseline"] else ("unsure" if row["val_acc_mean"] > reference["baseline"] else "no")
+        assert row["beats_baseline"] == expected
+    assert "whole interval is above it" in (tmp_path / "rep" / "report.md").read_text()
