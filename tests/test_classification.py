@@ -374,3 +374,27 @@ def test_tiny_sweep_and_report_on_mnist1d(tmp_path):
         expected = "yes" if row["val_acc_mean"] - row["val_acc_ci95"] > reference["baseline"] else ("unsure" if row["val_acc_mean"] > reference["baseline"] else "no")
         assert row["beats_baseline"] == expected
     assert "whole interval is above it" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_per_gate_gradient_norms_cover_both_directions():
+    from suite.diagnostics import gate_grad_norms
+
+    task = tasks.build("mnist1d")
+    batch = task.val_batches("cpu")[0]
+    norms = {}
+    for bidirectional in (False, True):
+        cfg = build_config({"task": {"name": "mnist1d"}, "model": {"hidden_size": 8, "bidirectional": bidirectional}})
+        model = build_model(cfg, task)
+        out, _ = model(batch.x[:16])
+        task.loss(out, type(batch)(batch.x[:16], batch.y[:16])).backward()
+        norms[bidirectional] = gate_grad_norms(model)
+        if bidirectional:  # a gate's norm is over its blocks in both directions
+            layer = model.layers[0]
+            squares = 0.0
+            for name, param in layer.named_parameters():
+                gates = layer.param_gates.get(name)
+                if gates and "z" in gates:
+                    squares += float(param.grad.chunk(len(gates))[gates.index("z")].norm() ** 2)
+            assert norms[True]["grad/l0/z"] == pytest.approx(squares ** 0.5, rel=1e-5)
+            assert sum(1 for n in layer.param_gates if n.startswith("bwd.")) >= 2
+    assert set(norms[False]) == set(norms[True]) >= {"grad/l0/r", "grad/l0/z", "grad/l0/n", "grad/head"}
