@@ -358,6 +358,13 @@ def test_tiny_sweep_and_report_on_mnist1d(tmp_path):
     out = cli("sweep", str(tmp_path / "s.yaml"), "--storage", storage, "--tracking-uri", tracking, "--quiet",
               cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking)
+    trials = [r for r in client.search_runs([client.get_experiment_by_name("tinycls").experiment_id])
+              if r.data.tags.get("rnnsuite.level") == "trial"]
+    assert len(trials) == 2 * (2 + 2) and all(r.info.status == "FINISHED" for r in trials)
+    assert any(r.data.tags.get("pack.size") == "2" for r in trials)  # trained in packs
     done = cli("report", "tinycls", "-o", str(tmp_path / "rep"), "--storage", storage, "--tracking-uri", tracking,
                cwd=tmp_path)
     assert done.returncode == 0, done.stderr
