@@ -70,8 +70,8 @@ def _baseline(ax, an: Analysis, metric: str) -> list[float]:
     if task is not None and metric.rpartition("/")[2] == task.baseline.metric:
         b = task.baseline
         ax.axhline(b.value, color="0.3", ls="--", lw=1.2, label=f"baseline {b.value:.4g}")
-        for label, value in b.others:  # e.g. chance beside the majority-class rate
-            ax.axhline(value, color="0.55", ls=":", lw=1.2, label=f"{label} {value:.4g}")
+        for name, value in b.others:  # e.g. chance beside the majority-class rate
+            ax.axhline(value, color="0.55", ls=":", lw=1.2, label=f"{name} {value:.4g}")
         return [b.value, *(value for _, value in b.others)]
     return []
 
