@@ -115,6 +115,9 @@ def test_baselines_are_what_a_memoryless_predictor_scores():
 
     metrics = task.evaluate((constant(v), v) for v in task.val_batches("cpu"))
     assert metrics["acc"] == pytest.approx(b.value, abs=1e-12)
+    on_test = task.evaluate((constant(t), t) for t in task.test_batches("cpu"))
+    assert on_test["acc"] == pytest.approx(task.empirical_baseline(), abs=1e-12)
+    assert (round(b.value, 3), round(task.empirical_baseline(), 3)) == (0.086, 0.098)  # quoted in docs/tasks.md
     uniform = task.evaluate((torch.zeros(v.size, 1, 10), v) for v in task.val_batches("cpu"))
     assert uniform["loss"] == pytest.approx(math.log(10), rel=1e-6)  # chance in nats
     assert task.metric == "acc" and task.direction == "maximize" and task.solved is None
