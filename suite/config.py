@@ -42,6 +42,7 @@ class ModelConfig:
     init_range: float = 0.1  # Zaremba et al. 2014 used U(-0.1, 0.1)
     embedding_size: int = 0  # LM embedding width; 0 = hidden_size (needed for weight tying)
     tie_weights: bool = False  # LM: share embedding and softmax weights (Press & Wolf 2017)
+    bidirectional: bool = False  # a second cell per layer reads the sequence reversed; tasks with a readout only
     cell_options: dict[str, Any] = field(default_factory=dict)  # model.<cell option>, e.g. model.beta (janet)
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .config import RunConfig
+from .model import pool
 from .provenance import lock_tags
 from .registry import SuiteError
 from .tracking import mark_stopped
@@ -63,6 +64,8 @@ def packable(cfg: RunConfig) -> str | None:
         return f"task {cfg.task.name} carries state across windows in epochs; pack only synthetic tasks"
     from .train import build_model
 
+    if cfg.model.bidirectional:
+        return "model.bidirectional: a pack runs one direction per layer"
     with torch.device("meta"):
         model = build_model(cfg, task) if cfg.model.init != "uniform" else None
     if model is not None and any(True for _ in model.buffers()):
@@ -210,7 +213,7 @@ class BatchedModel:
                 h = _drop(h, keep)
             states.append(tuple(s.unflatten(0, (m, -1)) for s in final))
         head = {n.split(".", 1)[1]: v for n, v in params.items() if n.startswith("head.")}
-        return self._head(head, h), states
+        return self._head(head, pool(h, sk.readout)), states
 
     def train(self, mode: bool = True) -> None:
         self.skeleton.train(mode)

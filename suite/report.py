@@ -205,10 +205,11 @@ def _leaderboard_section(doc: Document, an: Analysis, figures: dict) -> None:
         b = task.baseline
         ev = an.tables["leaderboard"].raw
         emp = ev["baseline_empirical"].dropna() if "baseline_empirical" in ev else []
+        side = "above the stricter (higher)" if b.higher_is_better else "below the stricter (lower)"
         text += (f" Baseline: {label(b.metric)} {fmt(b.value)} = {b.formula} ({b.source})"
                  + (f"; the same predictor scores {fmt(emp.iloc[0])} on the fixed test set" if len(emp) else "")
                  + f". Solved: {task.solved or 'no criterion for this task'}. 'beats baseline' = the whole interval "
-                   "on the analysis scale is below the stricter of the two baselines.")
+                   f"on the analysis scale is {side} of the two baselines.")
     text += (" Rows marked † are published numbers quoted with their citations from the papers' own settings, not "
              "re-run here; (unchecked) marks numbers from secondary sources.")
     st = standing(an)

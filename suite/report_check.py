@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .report_evidence import stricter
 from .report_gates import claims as gate_claims
 from .report_scale import Scale, compare, scale_for, seeds_needed, summarize
 from .report_stats import holm
@@ -115,12 +116,13 @@ class _Check:
 
     def baseline(self, c: dict) -> None:
         n = c["numbers"]
-        emp = n["empirical"]
-        used = min(n["formula"], emp) if emp is not None and math.isfinite(emp) else n["formula"]
+        emp, higher = n["empirical"], n.get("higher", False)
+        used = stricter(n["formula"], emp, higher)
         if not _same(used, n["used"]):
             self.fail("baseline", f"used {n['used']} is not the stricter of {n['formula']} and {emp}")
         if self.meta["metric"].rpartition("/")[2] == n["metric"]:
-            beat = [k for k, v in self.samples.items() if v and summarize(v, self.scale).hi < used]
+            beat = [k for k, v in self.samples.items() if v and (summarize(v, self.scale).lo > used if higher
+                                                                  else summarize(v, self.scale).hi < used)]
             if sorted(beat) != sorted(n["beat"]):
                 self.fail("baseline", f"beat {n['beat']}, recomputed {beat}")
 

@@ -114,7 +114,7 @@ def _baseline_claim(an: Analysis, ours: pd.DataFrame) -> dict | None:
         text += (f" {len(solved)} of {len(ours)} meet the solved criterion ({task.solved}) at their mean"
                  + (f": {', '.join(solved)}." if solved else "."))
     return claim("baseline", text, {"beat": beat, "used": used, "formula": formula, "empirical": emp,
-                                    "metric": b.metric}, "leaderboard",
+                                    "metric": b.metric, "higher": bool(b.higher_is_better)}, "leaderboard",
                  ["beats_baseline", "baseline_used", "baseline_formula", "baseline_empirical"])
 
 

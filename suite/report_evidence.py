@@ -34,8 +34,9 @@ def seed_values(an: Analysis) -> pd.DataFrame:
 
 
 def baselines(an: Analysis) -> dict:
-    """{"metric", "formula", "empirical", "used"}: the stricter (lower) of the formula's value and the baseline
-    predictor scored on the fixed test set; empirical NaN where the task does not compute it."""
+    """{"metric", "formula", "empirical", "used", "higher"}: the stricter of the formula's value and the baseline
+    predictor scored on the fixed test set (the lower for an error, the higher for an accuracy: ``higher``);
+    empirical NaN where the task does not compute it."""
     task = an.data.task
     if task is None:
         return {}
@@ -45,14 +46,28 @@ def baselines(an: Analysis) -> dict:
         empirical = None
     empirical = math.nan if empirical is None else float(empirical)
     formula = float(task.baseline.value)
-    used = min(formula, empirical) if math.isfinite(empirical) else formula
-    return {"metric": task.baseline.metric, "formula": formula, "empirical": empirical, "used": used}
+    higher = bool(getattr(task.baseline, "higher_is_better", False))
+    used = stricter(formula, empirical, higher)
+    return {"metric": task.baseline.metric, "formula": formula, "empirical": empirical, "used": used,
+            "higher": higher}
 
 
-def beats(summary, used: float) -> str:
-    """yes: the whole interval on the analysis scale is below the stricter baseline; unsure: only its centre."""
+def stricter(formula: float, empirical: float | None, higher: bool) -> float:
+    """The baseline a cell must beat: the higher of the two for an accuracy, the lower for an error."""
+    if empirical is None or not math.isfinite(empirical):
+        return formula
+    return max(formula, empirical) if higher else min(formula, empirical)
+
+
+def beats(summary, used: float, higher: bool = False) -> str:
+    """yes: the whole interval on the analysis scale is on the good side of the stricter baseline (below an error,
+    above an accuracy); unsure: only its centre."""
     if summary.n == 0 or not math.isfinite(summary.center):
         return "—"
+    if higher:
+        if math.isfinite(summary.lo) and summary.lo > used:
+            return "yes"
+        return "unsure" if summary.center > used else "no"
     if math.isfinite(summary.hi) and summary.hi < used:
         return "yes"
     return "unsure" if summary.center < used else "no"
@@ -96,7 +111,7 @@ def add_evidence(an: Analysis) -> None:
         if base:
             col = an.col(bmetric)
             values = _runs(an, cell)[col].tolist() if col in an.confirmed else []
-            raw.loc[i, "beats_baseline"] = beats(summarize(values, bscale), base["used"])
+            raw.loc[i, "beats_baseline"] = beats(summarize(values, bscale), base["used"], base["higher"])
     if base:
         for name in ("formula", "empirical", "used"):
             raw.loc[ours, f"baseline_{name}"] = base[name]

@@ -74,9 +74,11 @@ def baseline_line(ax, an: Analysis, metric: str) -> list[float]:
     """Draw the task's baseline where the axis shows its metric; returns [value] (for the axis scale) or []."""
     task = an.data.task
     if task is not None and metric.rpartition("/")[2] == task.baseline.metric:
-        ax.axhline(task.baseline.value, color="0.3", ls="--", lw=1.2,
-                   label=f"baseline {task.baseline.value:.4g}")
-        return [task.baseline.value]
+        b = task.baseline
+        ax.axhline(b.value, color="0.3", ls="--", lw=1.2, label=f"baseline {b.value:.4g}")
+        for name, value in b.others:  # e.g. chance beside the majority-class rate
+            ax.axhline(value, color="0.55", ls=":", lw=1.2, label=f"{name} {value:.4g}")
+        return [b.value, *(value for _, value in b.others)]
     return []
 
 

@@ -212,14 +212,16 @@ def _best_search(an: Analysis, cell: str) -> float:
 
 
 def _baseline_verdict(an: Analysis, mean: float, half: float, n: int) -> str:
-    """Whether the cell beats the task's baseline on the baseline's own metric (all are lower-is-better):
-    yes when the whole 95% interval is below it, unsure when only the mean is."""
+    """Whether the cell beats the task's baseline on the baseline's own metric: yes when the whole 95% interval
+    is on the better side of it (below a loss, above an accuracy), unsure when only the mean is."""
     task = an.data.task
     if task is None or n == 0 or not math.isfinite(mean):
         return "—"
-    if math.isfinite(half) and mean + half < task.baseline.value:
+    sign = -1.0 if task.baseline.higher_is_better else 1.0  # compare as lower-is-better
+    mean, value = sign * mean, sign * task.baseline.value
+    if math.isfinite(half) and mean + half < value:
         return "yes"
-    return "unsure" if mean < task.baseline.value else "no"
+    return "unsure" if mean < value else "no"
 
 
 def _solved(an: Analysis, cell: str) -> tuple[str, str]:
@@ -325,6 +327,9 @@ def reference_rows(an: Analysis, extra: str | None) -> list[dict]:
     cols = [where] if where else [f"{slug(an.metric)}_mean", f"test_{an.short}_mean"]
     rows.append({**base, "cell": "baseline", "source": "task baseline", **{c: b.value for c in cols},
                  "note": b.formula, "citation": b.source})
+    for label, value in b.others:  # e.g. chance beside a classification task's majority-class rate
+        rows.append({**base, "cell": label, "source": "task baseline", **{c: value for c in cols},
+                     "note": "", "citation": ""})
     for p in task.published:
         split, _, name = p.metric.partition("/")
         col = f"{split}_{name}_mean"

@@ -424,7 +424,7 @@ def recurrent_params(cfg: RunConfig, hidden: int) -> int:
     with torch.device("meta"):
         model = SequenceModel(cfg.model.cell, task.encoding, task.input_size, task.output_size, hidden,
                               layers=cfg.model.layers, embedding_size=cfg.model.embedding_size,
-                              **cfg.model.cell_options)
+                              bidirectional=cfg.model.bidirectional, **cfg.model.cell_options)
     return sum(p.numel() for p in model.layers.parameters())
 
 

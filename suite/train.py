@@ -62,6 +62,8 @@ def resolve_device(name: str) -> str:
 def build_task(cfg: RunConfig):
     try:
         return tasks.build(cfg.task.name, **cfg.task.options)
+    except SuiteError:
+        raise  # already one line written for the user (a missing data folder names what to put where)
     except (TypeError, ValueError, OverflowError) as exc:  # an option of the wrong type reaching the task's code
         if isinstance(exc, SuiteError):  # the task's own one-line message, not wrapped in a second one
             raise
@@ -87,10 +89,15 @@ def build_model(cfg: RunConfig, task) -> SequenceModel:
     if m.init != "orthogonal":
         opts["init"] = m.init
         opts["init_range"] = m.init_range
+    readout = getattr(task, "readout", "step")
+    if m.bidirectional and readout == "step":
+        raise SuiteError(f"model.bidirectional: task {task.name!r} predicts at every step from the past, which a "
+                         "backward cell would see; use a classification task (one prediction per sequence)")
     try:
         model = SequenceModel(m.cell, task.encoding, task.input_size, task.output_size, m.hidden_size,
                               layers=m.layers, dropout=m.dropout, embedding_size=m.embedding_size,
-                              tie_weights=m.tie_weights, **opts)
+                              tie_weights=m.tie_weights, readout=readout, seq_len=task.seq_len,
+                              bidirectional=m.bidirectional, **opts)
     except SuiteError as exc:
         raise SuiteError(f"model: {exc}") from None
     except (ValueError, TypeError, OverflowError) as exc:

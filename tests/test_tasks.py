@@ -54,7 +54,8 @@ def small(name, **opts):
 
 
 def test_registered_names():
-    assert set(tasks.names()) == {"copy", "selective_copy", "adding", "lm", "ptb_word", "ptb_char"}
+    assert set(tasks.names()) == {"copy", "selective_copy", "adding", "lm", "ptb_word", "ptb_char", "mnist1d",
+                                  "smnist", "psmnist"}
     assert tasks.options("copy")["length"] == 100
 
 
@@ -301,7 +302,8 @@ def test_named_settings_load_and_build():
     named = tasks.named_settings()
     assert set(named) == {"copy-T100", "copy-T200", "copy-T500", "adding-T100", "adding-T200", "adding-T400",
                           "selective-copy", "variable-copy", "ptb-word", "ptb-char",
-                          "repro-adding-T200", "repro-copy-T100"}  # the reproductions' run settings
+                          "repro-adding-T200", "repro-copy-T100",  # the reproductions' run settings
+                          "mnist1d", "mnist1d-shuffled", "repro-mnist1d", "repro-mnist1d-shuffled"}
     for setting, (path, description) in named.items():
         assert path.is_file() and description and "\n" not in description
         section = dict(tasks.load_settings(setting)["task"])

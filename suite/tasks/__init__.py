@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..registry import SuiteError, did_you_mean
-from . import adding, copy, lm  # noqa: F401  (importing registers the tasks)
+from . import adding, copy, lm, mnist, mnist1d  # noqa: F401  (importing registers the tasks)
 from .base import TASKS, Baseline, Batch, Published, SolvedRule, Task
 
 __all__ = ["build", "names", "options", "named_settings", "setting_paths", "load_settings",

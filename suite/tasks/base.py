@@ -5,6 +5,7 @@ A task owns its data, its loss and its metrics; the model and the training loop 
 * ``encoding`` says how the model reads ``Batch.x``: "onehot" (x: (B, T) long, one-hot of width ``input_size``),
   "embedding" (x: (B, T) long, ``input_size`` = vocabulary size) or "real" (x: (B, T, input_size) float).
 * The model returns PER-STEP head outputs (B, T, output_size); ``loss``/``diag_loss``/``score`` take those.
+  A task whose ``readout`` is not "step" (classification) gets one output per sequence, (B, 1, output_size).
 * ``score`` returns summed quantities ``{name: (sum, count)}`` so that metrics aggregate exactly over any number
   of evaluation batches; ``summarize`` turns the totals into the final metric values (names logged as
   ``val/<name>`` and ``test/<name>``).
@@ -64,10 +65,12 @@ class Batch:
 class Baseline:
     """The score of a predictor without the skill the task tests; reports draw it as a line."""
 
-    metric: str  # the metric it is expressed in ("loss", "mse", "ppl", "bpc")
+    metric: str  # the metric it is expressed in ("loss", "mse", "ppl", "bpc", "acc")
     value: float
     formula: str  # how the value follows from the settings
     source: str  # where the formula comes from
+    higher_is_better: bool = False  # True for an accuracy: a cell beats the baseline by scoring above it
+    others: tuple[tuple[str, float], ...] = ()  # further reference points in the same metric: (label, value)
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ class Task:
     input_size: int
     output_size: int
     seq_len: int  # length of one training sequence / window (e.g. T_max for chrono initialisation)
+    readout: str = "step"  # where the model's head reads (suite.model.READOUTS); "step" = every step
     steps_per_epoch: int | None = None  # None: an infinite stream of fresh batches
     options: dict
 
