@@ -59,7 +59,9 @@ def _standing_claim(an: Analysis, title: str, ours: pd.DataFrame, key: str) -> d
         text = (f"**No single cell is best** on {title}: the leader {st['leader']} ({value}, {what} and 95% "
                 f"interval over {fmt(row['n'])} seeds) "
                 + (f"is not separated from {', '.join(others)}" if others else "beats no other cell")
-                + "; no cell beats every other after Holm's correction.")
+                + f" among all {len(an.cells) * (len(an.cells) - 1) // 2} pairs of cells, Holm-corrected as one "
+                  "family (a comparison against the reference alone, below, is a smaller family and can separate "
+                  "more); no cell beats every other.")
     return claim("standing", text, {"winner": st["winner"], "leader": st["leader"], "tied": st["tied"],
                                     "center": row[f"{key}_center"], "lo": row[f"{key}_lo"], "hi": row[f"{key}_hi"]},
                  "leaderboard", [f"{key}_center", f"{key}_lo", f"{key}_hi", f"{key}_seeds"], also="pairs.csv")
