@@ -295,7 +295,7 @@ def load_histories(client, confirm: pd.DataFrame, metric: str, baseline_metric: 
 
 
 @contextmanager
-def _no_progress_bars():
+def no_artifact_progress_bars():
     """MLflow draws a progress bar per downloaded artifact; a report downloads dozens."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     old = os.environ.get(key)
@@ -313,7 +313,7 @@ def load_profiles(client, confirm: pd.DataFrame, path: str = PROFILE,
                   columns=("step", "state", "t", "norm")) -> pd.DataFrame:
     """A diagnostics CSV artifact (by default the ||dL/dh_t|| profile) of every confirmation run that logged one."""
     frames = []
-    with tempfile.TemporaryDirectory(prefix="rnnsuite-report-") as tmp, _no_progress_bars():
+    with tempfile.TemporaryDirectory(prefix="rnnsuite-report-") as tmp, no_artifact_progress_bars():
         for run_id in confirm["run_id"]:
             try:
                 local = client.download_artifacts(run_id, path, str(Path(tmp) / run_id))

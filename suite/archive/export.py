@@ -5,16 +5,15 @@ one line) and nothing is written but FILE, renamed into place once complete.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
 from ..registry import SuiteError
+from ..report_data import no_artifact_progress_bars
 from ..tracking import mask
 from . import fmt
 
@@ -153,22 +152,8 @@ def _write_mlflow(client, experiment_id: str, staging: Path, with_checkpoints: b
     return {"runs": len(rows), "metric_values": len(metrics), "artifacts": artifacts, "checkpoints": checkpoints}
 
 
-@contextmanager
-def _quiet_downloads():
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
 def _download_artifacts(client, run_id: str, dest: Path) -> int:
-    with _quiet_downloads():
+    with no_artifact_progress_bars():
         entries = [e for e in client.list_artifacts(run_id) if e.path != REPORT_ARTIFACTS]
         for entry in entries:
             dest.mkdir(parents=True, exist_ok=True)
