@@ -116,6 +116,12 @@ def _task_layer(task: str) -> dict:
     return {"task": {"name": task}}
 
 
+def _store_args(p) -> None:
+    """--storage and --tracking-uri as report, export and import take them (the sweep's stores)."""
+    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rnnsuite", description="Benchmark suite for gated recurrent networks: train, tune "
                      "with equal budgets, and compare LSTM, GRU and GRU variants.")
@@ -171,8 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default reports/NAME)")
     p.add_argument("--from", dest="source", metavar="FILE", help="build the report from an archive written by "
                    "`rnnsuite export`, without importing it into any store")
-    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    _store_args(p)
     p.add_argument("--reference", default="gru", help="the cell every other cell is tested against (default gru)")
     p.set_defaults(func=_cmd_report)
 
@@ -196,8 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the sweep's name, or its sweep file")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the archive to write, e.g. "
                    "NAME.rnnsuite.tar.gz")
-    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    _store_args(p)
     p.add_argument("--with-checkpoints", action="store_true", help="also the runs' checkpoint files (large)")
     p.set_defaults(func=_cmd_export)
 
@@ -207,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "changes nothing; stores holding a different sweep of that name are refused. Running the "
                        "same `rnnsuite sweep` command afterwards resumes the sweep.")
     p.add_argument("file", help="an archive written by rnnsuite export")
-    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    _store_args(p)
     p.set_defaults(func=_cmd_import)
 
     from . import ui

@@ -14,7 +14,6 @@ caveats; :mod:`.report_synth` makes synthetic sweeps for the scale benchmark and
 """
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,7 +30,7 @@ from .report_render import Box, Document, FigureBlock, Heading, Items, Para, Tab
 from .report_stats import ALPHA
 from .report_tables import DEFAULT_REFERENCE, Analysis, analyse, fmt, label
 from .report_verdicts import scale_sentence, standing
-from .tracking import mask
+from .tracking import command_line, mask
 CSV_HELP = {
     "leaderboard": "one row per cell (confirmed configuration): raw mean and 95% CI half-width, the analysis "
                    "scale's centre and interval (<metric>_center/_lo/_hi), every seed's value (<metric>_seeds), "
@@ -77,14 +76,10 @@ def run_report(args) -> int:
 
 
 def _command(args) -> str:
-    parts = ["rnnsuite", "report", *([args.name] if args.name else [])]
-    for flag, value in (("-o", args.output), ("--from", getattr(args, "source", None)), ("--storage", args.storage),
-                        ("--tracking-uri", args.tracking_uri)):
-        if value:
-            parts += [flag, mask(value)]
-    if args.reference and args.reference != DEFAULT_REFERENCE:
-        parts += ["--reference", args.reference]
-    return shlex.join(parts)
+    reference = args.reference if args.reference and args.reference != DEFAULT_REFERENCE else None
+    return command_line(["rnnsuite", "report", *([args.name] if args.name else [])],
+                        [("-o", args.output), ("--from", getattr(args, "source", None)), ("--storage", args.storage),
+                         ("--tracking-uri", args.tracking_uri), ("--reference", reference)])
 
 
 def build_report(name: str, out: Path, *, storage: str | None = None, tracking_uri: str | None = None,

@@ -36,6 +36,7 @@ still training.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -58,7 +59,7 @@ from .registry import SuiteError
 from .report_keys import PARAM as REPORT_PARAM, check_report_block, equivalence_param
 from .search import (DEFAULT_MARGIN, DESIGN_ATTR, DESIGN_KINDS, MarginPruner, default_points, design_points,
                      distributions, first_point, make_sampler as _sampler_for, prune_rule)
-from .tracking import NOTE, RetryingClient, first_line, mask
+from .tracking import NOTE, RetryingClient, command_line, first_line, mask
 
 GRACE = 180.0  # seconds without a heartbeat before a RUNNING trial of another host counts as lost
 NO_WORKER_GRACE = 60.0  # a trial gets its worker within milliseconds of `ask`; one without it this long is lost
@@ -124,11 +125,9 @@ class SweepSpec:
         return [(i, point) for i, point in enumerate(self.design_points)
                 if all(v in space[k]["values"] for k, v in point.items() if space[k]["type"] == "choice")]
 
-    @property
+    @functools.cached_property
     def design_points(self) -> list[dict[str, Any]]:
-        if not hasattr(self, "_design"):
-            self._design = design_points(self.search, self.design, self.sampler.get("seed", 0))
-        return self._design
+        return design_points(self.search, self.design, self.sampler.get("seed", 0))
 
     def design_notes(self) -> list[str]:
         notes = []
@@ -1406,17 +1405,9 @@ def run_sweep(path: str, storage: str | None, tracking_uri: str | None, workers:
 def sweep_command(path: str, storage: str | None, tracking_uri: str | None, workers: int = 1,
                   pack: int | None = None) -> str:
     """The command line that ran the sweep, as typed (stores masked), for its report's reproduction section."""
-    import shlex
-
-    parts = ["rnnsuite", "sweep", str(path)]
-    for flag, value in (("--storage", storage), ("--tracking-uri", tracking_uri)):
-        if value:
-            parts += [flag, mask(value)]
-    if workers and workers > 1:
-        parts += ["--workers", str(workers)]
-    if pack is not None:
-        parts += ["--pack", str(pack)]
-    return shlex.join(parts)
+    return command_line(["rnnsuite", "sweep", str(path)],
+                        [("--storage", storage), ("--tracking-uri", tracking_uri),
+                         ("--workers", workers if workers and workers > 1 else None), ("--pack", pack)])
 
 
 class _Clock:

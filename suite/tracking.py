@@ -329,3 +329,16 @@ def mark_stopped(client, run_id: str, outcome: str, reason: str, step: int | Non
 
 
 NOTE = "mlflow.note.content"  # MLflow's run description (Markdown), shown on the run page
+
+
+def command_line(words: list[str], flags) -> str:
+    """An rnnsuite command as typed, for a report to show: `words`, then each (flag, value) whose value is set,
+    the value masked (a password in a store URL never reaches a report)."""
+    import shlex
+
+    parts = list(words)
+    for flag, value in flags:
+        if value is not None and value != "":
+            parts += [flag, mask(str(value))]
+    return shlex.join(parts)
+
