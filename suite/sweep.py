@@ -1070,7 +1070,7 @@ class Sweep:
             members.append(Member(
                 cfg, tags=tags, parent_run_id=self.study_run(cell), monitor=self.metric,
                 on_start=partial(trial.set_user_attr, "mlflow_run_id"),
-                should_prune=_PackPruning(trial, self.spec.warmup or cfg.train.steps // 4)
+                should_prune=_PackPruning(trial, cfg.train.steps // 4 if self.spec.warmup is None else self.spec.warmup)
                 if phase == PHASE_SEARCH else None,
                 on_end=partial(self._member_ended, study, trial, phase, open_)))
         try:
