@@ -263,22 +263,29 @@ def test_a_study_begun_with_the_full_space_resumes_with_it(tmp_path):
     assert fresh._search_space(fresh.study("gru2"), "gru2")["model.chrono_init"] == CategoricalDistribution([False])
 
 
-def test_a_worker_whose_trials_all_crash_stops_instead_of_looping(tmp_path, monkeypatch):
-    """Each crashed trial is retried and the sampler proposes new ones: a setup in which every trial crashes would
-    loop for ever. The worker stops after CRASH_STREAK crashes in a row with one line naming the last one."""
+def _work_while_every_trial_raises(tmp_path, monkeypatch, error: Exception):
+    """A 50-trial sweep whose every training run raises `error`, worked until it stops: (sweep, its one line)."""
     import suite.train
-    from suite.sweep import CRASH_STREAK, Sweep
+    from suite.sweep import Sweep
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("a broken setup")
+    def failing(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(suite.train, "run", broken)
+    monkeypatch.setattr(suite.train, "run", failing)
     storage, tracking = stores(tmp_path)
     sweep = Sweep(load_sweep(write(tmp_path, dict(TINY, budget={"trials": 50, "steps": 5}))), storage, tracking)
     sweep.prepare()
     with pytest.raises(SuiteError) as err:
         sweep.work()
-    message = str(err.value)
+    return sweep, str(err.value)
+
+
+def test_a_worker_whose_trials_all_crash_stops_instead_of_looping(tmp_path, monkeypatch):
+    """Each crashed trial is retried and the sampler proposes new ones: a setup in which every trial crashes would
+    loop for ever. The worker stops after CRASH_STREAK crashes in a row with one line naming the last one."""
+    from suite.sweep import CRASH_STREAK
+
+    sweep, message = _work_while_every_trial_raises(tmp_path, monkeypatch, RuntimeError("a broken setup"))
     assert f"the last {CRASH_STREAK} trials crashed" in message and "RuntimeError: a broken setup" in message
     assert "\n" not in message and "run the same command to resume" in message
     failed = sum(t.state == TrialState.FAIL for cell in TINY["cells"] for t in sweep.study(cell).get_trials())
@@ -290,20 +297,9 @@ def test_a_worker_stops_after_its_gpu_fails_instead_of_taking_more_trials(tmp_pa
     """After an error that leaves the CUDA context unusable every later trial of that process would crash alike:
     the worker stops after the first, with one line, its trial told FAIL and enqueued again for a resume; an
     out-of-memory crash is not such an error (the streak rule above still applies to it)."""
-    import suite.train
-    from suite.sweep import Sweep
-
-    def dead_gpu(*args, **kwargs):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
-                           "asynchronously reported at some other API call")
-
-    monkeypatch.setattr(suite.train, "run", dead_gpu)
-    storage, tracking = stores(tmp_path)
-    sweep = Sweep(load_sweep(write(tmp_path, dict(TINY, budget={"trials": 50, "steps": 5}))), storage, tracking)
-    sweep.prepare()
-    with pytest.raises(SuiteError) as err:
-        sweep.work()
-    message = str(err.value)
+    dead_gpu = RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                            "asynchronously reported at some other API call")
+    sweep, message = _work_while_every_trial_raises(tmp_path, monkeypatch, dead_gpu)
     assert "GPU failed (RuntimeError: CUDA error: an illegal memory access was encountered)" in message
     assert "\n" not in message and "run the same command" in message
     trials = [t for cell in TINY["cells"] for t in sweep.study(cell).get_trials()]
