@@ -6,10 +6,11 @@ On a machine with an NVIDIA GPU, in stages that each have their own time limit i
 driver, torch, CUDA and cuDNN versions), an install of what is missing WITHOUT touching the machine's torch
 (wheels carried in ``.whl/`` installed into a side folder, or pip with the installed torch pinned), the CUDA tests
 (``pytest -m cuda``), ``rnnsuite bench --device cuda`` (cells at the fastrnns shape against cuDNN, with the fused
-loops eager and then replayed from CUDA graphs; packed trials per hour at M in {1, 8, 32, 64}, H=64), a short packed sweep on CUDA with two workers, and what its MLflow runs
+loops eager and then replayed from CUDA graphs; packed trials per hour at M in {1, 8, 32, 64}, H=64, eager and
+from CUDA graphs), a short packed sweep on CUDA with two workers trained from CUDA graphs, and what its MLflow runs
 recorded. Results go to OUT (argument, else $OUT, else ./gpu-check-out): ``gpu-check.json`` (every stage: command,
 exit code, seconds, parsed results), ``gpu-check.log`` (every stage's output), ``bench-cells.json``,
-``bench-cells-graphs.json`` and ``bench-packed.json``. A stage that hangs is killed at its limit (its process
+``bench-cells-graphs.json``, ``bench-packed.json`` and ``bench-packed-graphs.json``. A stage that hangs is killed at its limit (its process
 group) and the next one runs.
 
 Without a GPU (or with GPU_CHECK_DRY_RUN=1) it prints one line saying so, then dry-runs what needs no GPU: the
@@ -40,7 +41,8 @@ NEEDED = ["torch", "lightning", "mlflow", "optuna", "optuna_integration", "panda
 # stage -> (limit s, seconds kept back for it while earlier stages run): the limits sum past the budget, the
 # reserves keep a slow early stage from starving the later ones
 LIMITS = {"environment": (40, 10), "install": (90, 0), "cuda-tests": (170, 30), "bench-cells": (90, 30),
-          "bench-cells-graphs": (80, 20), "bench-packed": (150, 60), "sweep": (120, 40), "sweep-record": (30, 10)}
+          "bench-cells-graphs": (80, 20), "bench-packed": (150, 60),
+          "bench-packed-graphs": (120, 40), "sweep": (120, 40), "sweep-record": (30, 10)}
 # the sweep stage runs a two-worker packed sweep itself: the test that does the same is left to `pytest -m cuda`
 CUDA_TESTS_DESELECT = "not two_worker_packed_sweep"
 
@@ -76,7 +78,8 @@ runs = client.search_runs([exp.experiment_id], max_results=5000) if exp else []
 trials = [r for r in runs if "trial" in r.data.tags]
 tags = collections.defaultdict(collections.Counter)
 for r in trials:
-    for key in ("device", "device.name", "precision.cudnn_rnn_fp32", "precision.matmul_fp32", "pack.size"):
+    for key in ("device", "device.name", "precision.cudnn_rnn_fp32", "precision.matmul_fp32", "pack.size",
+                "cuda.graphs"):
         tags[key][r.data.tags.get(key, "-")] += 1
 print(json.dumps({"trial_runs": len(trials), "status": dict(collections.Counter(r.info.status for r in trials)),
                   "tags": {k: dict(v) for k, v in tags.items()}}))
@@ -210,7 +213,9 @@ class Check:
         storage = self.scratch / "optuna.journal"
         uri = f"sqlite:///{self.scratch / 'mlflow.db'}"
         self.stage("sweep", self.py("-m", "suite", "sweep", SWEEP, "--storage", str(storage), "--tracking-uri", uri,
-                                    "--workers", "2", "--quiet"), parse=lambda text: {"tail": text.splitlines()[-8:]})
+                                    "--workers", "2", "--quiet"), parse=lambda text: {"tail": text.splitlines()[-8:]},
+                   env={"RNNSUITE_CUDA_GRAPHS": "1"})  # training from CUDA graphs: the bench times them, this trains
+
         self.stage("sweep-record", self.py("-c", SWEEP_RECORD, uri), parse=_last_json)
 
     def dry_run(self) -> None:
@@ -327,7 +332,7 @@ def main(argv: list[str]) -> int:
         if info.get("missing"):
             print(f"gpu-check: still missing after the install: {', '.join(info['missing'])}", flush=True)
     for step in (check.cuda_tests, lambda: check.bench("cells"), lambda: check.bench("cells", graphs=True),
-                 lambda: check.bench("packed"), check.sweep):
+                 lambda: check.bench("packed"), lambda: check.bench("packed", graphs=True), check.sweep):
         step()
         stage = list(check.summary["stages"].items())[-1]
         print(f"gpu-check: {stage[0]}: rc={stage[1]['rc']} in {stage[1]['seconds']} s", flush=True)
