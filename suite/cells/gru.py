@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..registry import SuiteError
-from .base import (RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, reversed_chunks, sum_bt, tanh,
-                   transposed)
+from .contract import RecurrentCell, gate_views
+from .fused import bptt_reset_gate, mm_bt, reversed_chunks, sum_bt, transposed
+from .kernels import linear, tanh
 from .lstm import FusedCell, record_gates
 from .registry import register
 

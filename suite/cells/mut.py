@@ -37,7 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import SuiteError
-from .base import RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, tanh
+from .contract import RecurrentCell, gate_views
+from .fused import bptt_reset_gate, mm_bt
+from .kernels import linear, tanh
 from .registry import register
 
 SOURCE = "Jozefowicz, Zaremba & Sutskever 2015, An Empirical Exploration of Recurrent Network Architectures"

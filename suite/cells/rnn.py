@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell, bptt_one_gemm, linear, mm_bt, tanh
+from .contract import RecurrentCell
+from .fused import bptt_one_gemm, mm_bt
+from .kernels import linear, tanh
 from .registry import register
 
 
