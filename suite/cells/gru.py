@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..registry import SuiteError
-from .contract import RecurrentCell, gate_views
+from .contract import RecurrentCell
 from .fused import bptt_reset_gate, mm_bt, reversed_chunks, sum_bt, transposed
 from .kernels import linear, tanh
 from .lstm import FusedCell, record_gates
