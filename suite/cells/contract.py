@@ -125,8 +125,9 @@ class RecurrentCell(nn.Module):
 
     def fused_weights(self) -> tuple[Tensor, ...]:
         """The tensors ``forward_step`` reads besides xp and the state (recurrent weights, peepholes, gate
-        biases): inputs of the fused loop, so that ``bptt`` returns their gradients."""
-        raise NotImplementedError
+        biases): inputs of the fused loop, so that ``bptt`` returns their gradients. Default: the one recurrent
+        matrix ``weight_hh`` that most cells have."""
+        return (self.weight_hh,)
 
     def forward_step(self, xp: Tensor, state: State, w: tuple[Tensor, ...]) -> tuple[State, tuple[Tensor, ...]]:
         """One step, as ``step``: returns the new state and the activations ``bptt`` needs."""

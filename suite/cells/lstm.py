@@ -27,9 +27,16 @@ class FusedCell(RecurrentCell):
     its maths on the same weights for :meth:`trace` and as the reference the fused path is tested against.
     """
 
-    rnn: nn.RNNBase
+    fused_module: type[nn.RNNBase]  # nn.LSTM or nn.GRU
     fused_gates: tuple[str, ...] = ()  # the gate blocks of the fused module's weights, in its order
     chrono_gates: tuple[tuple[str, int], ...] = ()  # (gate, sign): where chrono init writes, in bias_ih
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self.rnn = self.fused_module(input_size, hidden_size, batch_first=True, bias=bias)
+        self.reset_parameters()
 
     def recurrence(self, x: Tensor, state) -> tuple[Tensor, tuple[Tensor, ...]]:
         autocast = torch.is_autocast_enabled(x.device.type)
@@ -105,13 +112,7 @@ class LSTM(FusedCell):
     param_gates = {f"rnn.{p}_l0": LSTM_GATES for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
     keep_gate = ("f", 1)
     chrono_gates = (("f", 1), ("i", -1))  # Tallec & Ollivier: b_i = -b_f
-
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init)
-        self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True, bias=bias)
-        self.reset_parameters()
+    fused_module = nn.LSTM
 
     def project(self, x: Tensor) -> Tensor:
         # Both biases only ever appear summed, so they fold into the hoisted GEMM: step is one addmm.
@@ -291,9 +292,6 @@ class CIFG(_OneBiasLSTM):
         self.reset_parameters()
 
     fast_path = True
-
-    def fused_weights(self):
-        return (self.weight_hh,)
 
     def forward_step(self, xp: Tensor, state, w):
         h, c = state

@@ -47,24 +47,29 @@ class OneGateRNN(_FusedInput):
     The same model with a renamed 1 − a; both names stay registered because their gate statistics and chrono
     sign read differently. Parameters: 2n(m + n + 1): ``weight_ih`` (2n, m), ``weight_hh`` (2n, n), ``bias_ih``
     (2n), blocks in (gate, candidate) order. Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+
+    ``keep_sign``: +1 or −1 as above; None takes the sign of the class's ``keep_gate``, which is how the
+    registered cells fix it (a positional argument, so that it is not a cell option a config could set).
     """
 
+    gate_names = ("a",)
+    param_gates = {"weight_ih": ("a", "c"), "weight_hh": ("a", "c"), "bias_ih": ("a", "c")}
+    keep_gate = ("a", 1)
     fast_path = True
     packs = True
 
-    def __init__(self, input_size: int, hidden_size: int, *, keep_sign: int, bias: bool = True,
+    def __init__(self, input_size: int, hidden_size: int, keep_sign: int | None = None, *, bias: bool = True,
                  init: str = "orthogonal", init_range: float = 0.1, chrono_init: int | None = None):
         super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
                          chrono_init=chrono_init)
-        if keep_sign not in (1, -1):
+        sign = type(self).keep_gate[1] if keep_sign is None else keep_sign
+        if sign not in (1, -1):
             raise SuiteError(f"keep_sign={keep_sign!r} must be +1 (the gate keeps the state) or -1 (it writes)")
-        self.keeps = keep_sign > 0
+        self.keep_gate = (self.gate_names[0], sign)  # chrono init reads the instance's sign
+        self.keeps = sign > 0
         self._make_input(2, bias)
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
         self.reset_parameters()
-
-    def fused_weights(self):
-        return (self.weight_hh,)
 
     def forward_step(self, xp: Tensor, state, w):
         (h,) = state
@@ -111,11 +116,6 @@ class SimplifiedGRU(OneGateRNN):
     param_gates = {"weight_ih": ("u", "c"), "weight_hh": ("u", "c"), "bias_ih": ("u", "c")}
     keep_gate = ("u", -1)
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None):
-        super().__init__(input_size, hidden_size, keep_sign=self.keep_gate[1], bias=bias, init=init,
-                         init_range=init_range, chrono_init=chrono_init)
-
 
 @register("ugrnn", "update-gate RNN: h_t = g*h_{t-1} + (1-g)*tanh(W x + U h); one gate, capacity study cell",
           "Collins, Sohl-Dickstein & Sussillo 2017, Capacity and Trainability in Recurrent Neural Networks")
@@ -132,11 +132,6 @@ class UGRNN(OneGateRNN):
     gate_names = ("g",)
     param_gates = {"weight_ih": ("g", "c"), "weight_hh": ("g", "c"), "bias_ih": ("g", "c")}
     keep_gate = ("g", 1)
-
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None):
-        super().__init__(input_size, hidden_size, keep_sign=self.keep_gate[1], bias=bias, init=init,
-                         init_range=init_range, chrono_init=chrono_init)
 
 
 @register("mgu", "minimal gated unit: one forget gate f, also used as the reset gate inside the candidate",
@@ -236,9 +231,6 @@ class JANET(_FusedInput):
 
     fast_path = True
     packs = True
-
-    def fused_weights(self):
-        return (self.weight_hh,)
 
     def forward_step(self, xp: Tensor, state, w):
         (c,) = state

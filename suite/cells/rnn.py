@@ -34,9 +34,6 @@ class TanhRNN(RecurrentCell):
     fast_path = True
     packs = True
 
-    def fused_weights(self):
-        return (self.weight_hh,)
-
     def forward_step(self, xp: Tensor, state, w):
         (h,) = state
         return (tanh(linear(h, w[0], xp)),), ()
