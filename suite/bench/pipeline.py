@@ -92,7 +92,7 @@ def tracked_steps_per_second(cfg) -> float:
     """Steps/s of ``train.run``: its training loop timed by a :class:`suite.logger.StepTimer` that logs nothing
     (validation excluded; diagnostics, logging and the end-of-run artifacts included)."""
     from ..logger import StepTimer  # Lightning: see the module docstring
-    from ..train import run
+    from ..train import run  # Lightning: see the module docstring
 
     timer = StepTimer()
     result = run(cfg, callbacks=[timer])

@@ -303,7 +303,7 @@ class LiGRU(_FusedInput):
         self._make_input(2, bias and not batch_norm)
         self.norm = nn.BatchNorm1d(2 * hidden_size, momentum=0.05, affine=bias) if batch_norm else None
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
-        self._drop_mask: Tensor | None = None
+        self.drop_mask: Tensor | None = None
         names = dict(self.named_parameters())  # the bias lives in W or in the BN shift, depending on options
         self.param_gates = {k: v for k, v in type(self).param_gates.items() if k in names}
         self.reset_parameters()
@@ -332,17 +332,17 @@ class LiGRU(_FusedInput):
             else:
                 xp = self.norm(flat).view_as(xp)
         # project runs once per sequence, right before the steps: the place to draw the per-sequence mask.
-        self._drop_mask = None
+        self.drop_mask = None
         if self.training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
-            self._drop_mask = xp.new_empty(x.shape[0], self.hidden_size).bernoulli_(keep).div_(keep)  # (B, n)
+            self.drop_mask = xp.new_empty(x.shape[0], self.hidden_size).bernoulli_(keep).div_(keep)  # (B, n)
         return xp
 
     fast_path = True
 
     def fused_weights(self):
         # the dropout mask is drawn in project: passed along so that backward uses the forward's mask
-        return (self.weight_hh,) if self._drop_mask is None else (self.weight_hh, self._drop_mask)
+        return (self.weight_hh,) if self.drop_mask is None else (self.weight_hh, self.drop_mask)
 
     def forward_step(self, xp: Tensor, state, w):
         (h,) = state
