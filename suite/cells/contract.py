@@ -73,7 +73,7 @@ class RecurrentCell(nn.Module):
         per-gate gradient norms); parameters not listed are reported whole.
       keep_gate: (gate, sign) of the gate that keeps the state, for chrono init: sign +1 if the gate's own
         value multiplies the old state, -1 if one minus it does. None for cells without such a gate.
-      init_rules: :class:`suite.cells.init.InitRule` s for parameters the default rules do not cover (tried
+      init_rules: InitRule objects (suite/cells/init.py) for parameters the default rules do not cover (tried
         first); a parameter no rule covers refuses the build.
     """
 
