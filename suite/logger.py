@@ -1,4 +1,4 @@
-"""The MLflow logger a training run owns (Lightning's MLFlowLogger with batched writes)."""
+"""The MLflow logger a training run owns (Lightning's MLFlowLogger with batched writes), and its step timer."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Mapping
 
+import lightning.pytorch as pl
 from lightning.pytorch.loggers import MLFlowLogger
 
 from .registry import SuiteError
@@ -225,3 +226,57 @@ class SuiteLogger(MLFlowLogger):
     def terminate(self, status: str) -> None:
         self.flush(final=True)
         self.experiment.set_terminated(self.run_id, status)
+
+
+class StepTimer(pl.Callback):
+    """Wall time of the training loop, validation excluded (diagnostics, logging and checkpoints included: they are
+    part of what a trial costs).
+
+    With ``every`` (a training run, ``train.log_every``): logs time/step_ms, the wall milliseconds per optimizer
+    step over each logging interval, and at the end time/train_s, their sum over the run, from the start of
+    training to the end of its last step. Without (``rnnsuite bench``): logs nothing. Either way ``seconds`` is
+    the wall time from the start of training to its end, the other callbacks' end-of-run work before this one
+    included, less the validation inside it.
+    """
+
+    def __init__(self, every: int | None = None):
+        self.every = every
+        self.total = 0.0  # seconds of training so far (this process), up to the last step
+        self.start = self.end = 0.0
+        self.validation = 0.0  # seconds of validation between start and end
+        self._mark = self._val_start = self._val = self._interval = 0.0
+        self._steps = 0
+
+    def on_train_start(self, trainer, module):
+        self.start = self._mark = time.perf_counter()
+
+    def on_validation_start(self, trainer, module):
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, module):
+        if trainer.state.fn == "fit":  # not a validation or test run after training
+            spent = time.perf_counter() - self._val_start
+            self._val += spent
+            self.validation += spent
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        self._interval += now - self._mark - self._val
+        self._mark, self._val = now, 0.0
+        self._steps += 1
+        if self.every and trainer.global_step % self.every == 0 and trainer.logger is not None:
+            self.total += self._interval
+            trainer.logger.log_metrics({"time/step_ms": 1000 * self._interval / self._steps},
+                                       step=trainer.global_step)
+            self._interval, self._steps = 0.0, 0
+
+    def on_train_end(self, trainer, module):
+        self.end = time.perf_counter()
+        self.total += self._interval
+        self._interval, self._steps = 0.0, 0
+        if self.every and trainer.logger is not None:
+            trainer.logger.log_metrics({"time/train_s": self.total}, step=trainer.global_step)
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start - self.validation

@@ -151,7 +151,7 @@ class BatchedModel:
         self.fast = packs_fast(models[0])
         if not self.fast:
             for layer in self.skeleton.layers:
-                layer._forward = MethodType(_reference_forward, layer)
+                layer.recurrence = MethodType(_reference_forward, layer)
         self.dropout = any(p > 0 for p in dropouts)
         self.skeleton.drop = _PackDropout() if self.dropout else nn.Identity()
         self.names = [n for n, _ in models[0].named_parameters()]

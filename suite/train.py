@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from .lit import StopRun, SuiteModule
 from .model import SequenceModel
 from .provenance import lock_tags
 from .registry import SuiteError
-from .logger import INTERRUPTED_BEFORE_TRAINING, SuiteLogger, interrupts_outside_database_code
+from .logger import INTERRUPTED_BEFORE_TRAINING, StepTimer, SuiteLogger, interrupts_outside_database_code
 from .tracking import (artifact_location, check_tracking, first_line, git_commit, mark_stopped, mask,
                        prepare_local_store, resolve_tracking_uri, runs_dir)
 
@@ -466,45 +465,6 @@ def _last_val_step(trainer) -> int | None:
 def _diag_batch(task, size: int):
     """The fixed diagnostic batch: the first `size` sequences of the first validation batch."""
     return split_batch(task.val_batches("cpu")[0], size)[0]
-
-
-class StepTimer(pl.Callback):
-    """time/step_ms: wall milliseconds per optimizer step over each logging interval, validation excluded
-    (diagnostics included: they are part of what a trial costs); time/train_s: their sum over the run, from the
-    start of training to the end of its last step."""
-
-    def __init__(self, every: int):
-        self.every = every
-        self.total = 0.0  # seconds of training so far (this process)
-        self._mark = self._val_start = self._val = self._interval = 0.0
-        self._steps = 0
-
-    def on_train_start(self, trainer, module):
-        self._mark = time.perf_counter()
-
-    def on_validation_start(self, trainer, module):
-        self._val_start = time.perf_counter()
-
-    def on_validation_end(self, trainer, module):
-        if trainer.state.fn == "fit":
-            self._val += time.perf_counter() - self._val_start
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        now = time.perf_counter()
-        self._interval += now - self._mark - self._val
-        self._mark, self._val = now, 0.0
-        self._steps += 1
-        if trainer.global_step % self.every == 0 and trainer.logger is not None:
-            self.total += self._interval
-            trainer.logger.log_metrics({"time/step_ms": 1000 * self._interval / self._steps},
-                                       step=trainer.global_step)
-            self._interval, self._steps = 0.0, 0
-
-    def on_train_end(self, trainer, module):
-        self.total += self._interval
-        self._interval, self._steps = 0.0, 0
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"time/train_s": self.total}, step=trainer.global_step)
 
 
 class _InterruptCheckpoint(pl.Callback):

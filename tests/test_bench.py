@@ -196,7 +196,7 @@ def test_a_cells_peak_memory_grows_with_the_sequence():
     peaks = {}
     for T in (20, 80):
         x, g = torch.randn(8, T, 8), torch.randn(8, T, 32)
-        _, fb = bench._runners(cell, x, g)
+        _, fb = bench.make_runners(cell, x, g)
         fb()  # warm-up, as the benchmark does: first-call work (the kernel probe) is not the cell's memory
         peaks[T] = bench.peak_memory_mb(fb, torch.device("cpu"))
     # at least the saved per-step activations: outputs, gate and candidate, (8, T, 32) floats each

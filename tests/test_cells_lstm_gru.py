@@ -65,10 +65,10 @@ def test_reference_path_matches_fused(name, dtype, B, T, I, H):
     for label, g_r, g_f in zip(names, grads(out_r, state_r), grads(out_f, state_f), strict=True):
         torch.testing.assert_close(g_r, g_f, **tol, msg=lambda m, label=label: f"grad of {label}: {m}")
     # The base time loop (no trace) gives the same outputs, with and without autograd.
-    out_b, _ = RecurrentCell._forward(cell, x, cell._prepare(x, state))
+    out_b, _ = RecurrentCell.recurrence(cell, x, cell.prepare(x, state))
     torch.testing.assert_close(out_b, out_f, **tol)
     with torch.no_grad():
-        out_n, _ = RecurrentCell._forward(cell, x, cell._prepare(x, state))
+        out_n, _ = RecurrentCell.recurrence(cell, x, cell.prepare(x, state))
     torch.testing.assert_close(out_n, out_f, **tol)
 
 

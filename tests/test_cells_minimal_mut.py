@@ -186,7 +186,7 @@ def test_ligru_training_batch_norm_uses_all_steps_and_one_dropout_mask():
     mean, var = a.mean(0), a.var(0, unbiased=False)
     batch_bn = lambda v: (v - mean) / torch.sqrt(var + bn.eps) * bn.weight.detach() + bn.bias.detach()  # noqa: E731
     out, _ = cell(x, h0)
-    mask = cell._drop_mask
+    mask = cell.drop_mask
     assert mask.shape == (B, N)
     assert set(mask.unique().tolist()) <= {0.0, 2.0}  # inverted dropout: kept units scaled by 1/(1-p)
     h = h0
@@ -195,7 +195,7 @@ def test_ligru_training_batch_norm_uses_all_steps_and_one_dropout_mask():
         torch.testing.assert_close(out[:, t], h, rtol=1e-10, atol=1e-10)
     cell.eval()
     torch.testing.assert_close(cell(x, h0)[0], cell(x, h0)[0])
-    assert cell._drop_mask is None
+    assert cell.drop_mask is None
 
 
 # ----------------------------------------------------------------- parameter counts

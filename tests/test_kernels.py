@@ -31,7 +31,7 @@ def test_the_environment_forces_a_choice(fresh_choice, mode, onednn, sigmoid):
     fresh_choice.setenv(base.KERNELS_ENV, mode)
     choice = base.kernel_choice()
     assert choice.how == mode
-    assert choice.onednn_linear == (base._onednn() is not None if onednn is None else onednn)
+    assert choice.onednn_linear == (base.onednn_ops() is not None if onednn is None else onednn)
     assert choice.tanh_via_sigmoid is sigmoid
 
 
@@ -72,12 +72,12 @@ def test_the_plain_kernels_are_what_a_loop_runs_by_default(fresh_choice):
     fresh_choice.delenv(base.KERNELS_ENV, raising=False)
     v = torch.linspace(-3, 3, 64)
     with base.loop_kernels():
-        assert base._packs.cache is None  # linear() takes torch.addmm
+        assert not base.weights_packed()  # linear() takes torch.addmm
         assert torch.equal(base.tanh(v), torch.tanh(v))
     base.reset_kernel_choice()
     fresh_choice.setenv(base.KERNELS_ENV, "tuned")
     with base.loop_kernels():
-        assert (base._packs.cache is not None) == (base._onednn() is not None)
+        assert base.weights_packed() == (base.onednn_ops() is not None)
         got = base.tanh(v)
     assert not torch.equal(got, torch.tanh(v))  # the sigmoid form: the same function to rounding
     torch.testing.assert_close(got, torch.tanh(v), atol=5e-7, rtol=0)

@@ -4,8 +4,8 @@ On a GPU the fused loop is launch-bound: ~8-12 small kernels a forward step and 
 the CPU spends more time launching than the GPU computing. Captured once as a ``torch.cuda.CUDAGraph`` per cell,
 shape and mode, a loop is replayed with one launch: the inputs are copied into the graph's static buffers, the
 graph replays, and its outputs are cloned out (a later replay overwrites the buffers, and autograd keeps what the
-forward saved until the backward). Both halves are captured: the forward loop (:meth:`_fused_loop`, with or
-without the activations the backward needs) and the hand-written backward through time (``bptt``).
+forward saved until the backward). Both halves are captured: the forward loop (``RecurrentCell.run_steps``, with
+or without the activations the backward needs) and the hand-written backward through time (``bptt``).
 
 When: only on CUDA and only when asked (``RNNSUITE_CUDA_GRAPHS=1``; off by default until ``make gpu-check`` has
 shown them equal to the eager loop and faster on a GPU). Everywhere else, and for any loop whose capture fails
@@ -155,15 +155,15 @@ def wanted(t: Tensor) -> bool:
 
 
 def run_loop(cell, xp: Tensor, state: tuple, w: tuple, save: bool, context: tuple = ()):
-    """``cell._fused_loop(xp, state, w, save)``, replayed from a CUDA graph where :func:`graph_choice` allows.
+    """``cell.run_steps(xp, state, w, save)``, replayed from a CUDA graph where :func:`graph_choice` allows.
     ``context``: whatever else the loop's kernels depend on (models packed, kernel choice), part of the key."""
     if not wanted(xp):
-        return cell._fused_loop(xp, state, w, save=save)
+        return cell.run_steps(xp, state, w, save=save)
     n = len(state)
     inputs = [xp, *state, *w]
 
     def fn(xp_, *rest):
-        return cell._fused_loop(xp_, tuple(rest[:n]), tuple(rest[n:]), save=save)
+        return cell.run_steps(xp_, tuple(rest[:n]), tuple(rest[n:]), save=save)
 
     return CACHE.run(cell, ("loop", save, n, context, _signature(inputs)), fn, inputs)
 

@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..registry import SuiteError
-from .base import (RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, reversed_chunks, sum_bt, tanh,
-                   transposed)
+from .contract import RecurrentCell
+from .fused import bptt_reset_gate, mm_bt, reversed_chunks, sum_bt, transposed
+from .kernels import linear, tanh
 from .lstm import FusedCell, record_gates
 from .registry import register
 
@@ -46,13 +47,7 @@ class GRU(FusedCell):
     param_gates = {f"rnn.{p}_l0": GRU_GATES for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
     keep_gate = ("z", 1)
     chrono_gates = (("z", 1),)
-
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init)
-        self.rnn = nn.GRU(input_size, hidden_size, batch_first=True, bias=bias)
-        self.reset_parameters()
+    fused_module = nn.GRU
 
     def project(self, x: Tensor) -> Tensor:
         return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0 if self.bias else None)  # (B, T, 3n)
@@ -131,9 +126,6 @@ class _ResetBeforeGRU(RecurrentCell):
     def gates(self, xp: Tensor, h: Tensor, w: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         """r, z: each (B, n), or (n,) where they do not depend on the step."""
         raise NotImplementedError
-
-    def fused_weights(self):
-        return (self.weight_hh,)
 
     def forward_step(self, xp: Tensor, state, w):
         (h,) = state

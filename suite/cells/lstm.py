@@ -11,7 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import RecurrentCell, autocast_off, bptt_lstm, gate_views, linear, mm_bt, sum_bt, tanh
+from .contract import RecurrentCell, autocast_off, gate_views
+from .fused import bptt_lstm, mm_bt, sum_bt
+from .init import InitRule, zeros
+from .kernels import linear, tanh
 from .registry import register
 
 LSTM_GATES = ("i", "f", "g", "o")  # nn.LSTM's order of the gate blocks along dim 0
@@ -24,11 +27,18 @@ class FusedCell(RecurrentCell):
     its maths on the same weights for :meth:`trace` and as the reference the fused path is tested against.
     """
 
-    rnn: nn.RNNBase
+    fused_module: type[nn.RNNBase]  # nn.LSTM or nn.GRU
     fused_gates: tuple[str, ...] = ()  # the gate blocks of the fused module's weights, in its order
     chrono_gates: tuple[tuple[str, int], ...] = ()  # (gate, sign): where chrono init writes, in bias_ih
 
-    def _forward(self, x: Tensor, state) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        self.rnn = self.fused_module(input_size, hidden_size, batch_first=True, bias=bias)
+        self.reset_parameters()
+
+    def recurrence(self, x: Tensor, state) -> tuple[Tensor, tuple[Tensor, ...]]:
         autocast = torch.is_autocast_enabled(x.device.type)
         if autocast:
             # Under autocast torch hands nn.LSTM/nn.GRU to a low-precision kernel: on CPU oneDNN's bf16 primitive
@@ -36,34 +46,17 @@ class FusedCell(RecurrentCell):
             # descriptor"), on CUDA cuDNN in float16 whatever the autocast dtype. The recurrence runs in the
             # parameters' dtype instead, as every custom cell's does: one precision for every cell's recurrence
             # (suite.gpu's policy), so that comparisons between cells are fair.
-            x, state = self._recurrence_inputs(x, state)
+            x, state = self.recurrence_inputs(x, state)
         hx = tuple(s.unsqueeze(0).contiguous() for s in state)  # nn wants (layers, B, H)
         with autocast_off(x) if autocast else contextlib.nullcontext():
             out, hn = self.rnn(x, hx if len(hx) > 1 else hx[0])
         hn = hn if isinstance(hn, tuple) else (hn,)
         return out, tuple(s.squeeze(0) for s in hn)
 
-    def reset_parameters(self) -> None:
-        """As :meth:`RecurrentCell.reset_parameters`, applied to the submodule's parameters.
-
-        The base only walks the cell's own parameters (``recurse=False``); here every weight lives in ``rnn``.
-        """
-        with torch.no_grad():
-            for name, p in self.rnn.named_parameters():
-                if self.init == "uniform":
-                    p.uniform_(-self.init_range, self.init_range)
-                elif name.startswith("weight_hh"):
-                    for block in p.split(self.hidden_size, 0):
-                        nn.init.orthogonal_(block)
-                elif name.startswith("weight_ih"):
-                    for block in p.split(self.hidden_size, 0):
-                        nn.init.xavier_uniform_(block)
-                else:
-                    p.zero_()
-            if self.init != "uniform":
-                self.init_gate_biases()
-            if self.chrono_init is not None:
-                self.apply_chrono(self.chrono_init)
+    def init_targets(self):
+        """Every weight lives in ``rnn`` (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0): the rules of
+        suite/cells/init.py set them, instead of nn.LSTM's / nn.GRU's own uniform initialisation."""
+        return self.rnn.named_parameters()
 
     def biases(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per-gate views of (bias_ih, bias_hh); writes reach the parameters."""
@@ -119,13 +112,7 @@ class LSTM(FusedCell):
     param_gates = {f"rnn.{p}_l0": LSTM_GATES for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
     keep_gate = ("f", 1)
     chrono_gates = (("f", 1), ("i", -1))  # Tallec & Ollivier: b_i = -b_f
-
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init)
-        self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True, bias=bias)
-        self.reset_parameters()
+    fused_module = nn.LSTM
 
     def project(self, x: Tensor) -> Tensor:
         # Both biases only ever appear summed, so they fold into the hoisted GEMM: step is one addmm.
@@ -212,6 +199,7 @@ class PeepholeLSTM(_OneBiasLSTM):
     gates = LSTM_GATES
     param_gates = {"weight_ih": gates, "weight_hh": gates, "bias_ih": gates, "peephole": ("i", "f", "o")}
     keep_gate = ("f", 1)
+    init_rules = (InitRule("peephole", 1, zeros, "start as the no-peephole LSTM; c ⊙ dL/dgate still trains them"),)
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
                  init_range: float = 0.1, chrono_init: int | None = None):
@@ -265,12 +253,6 @@ class PeepholeLSTM(_OneBiasLSTM):
                            sum_bt(dpre[..., 3 * n:] * c_all.transpose(0, 1))])
         return dpre, (dh0, dc0), (mm_bt(dpre, grads.h_prev()), dpeep)
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()  # the base leaves "peephole" alone unless init="uniform"
-        if self.init != "uniform":
-            with torch.no_grad():
-                self.peephole.zero_()
-
     def init_gate_biases(self) -> None:
         if self.bias:
             self.gate_bias("f").fill_(1.0)
@@ -310,9 +292,6 @@ class CIFG(_OneBiasLSTM):
         self.reset_parameters()
 
     fast_path = True
-
-    def fused_weights(self):
-        return (self.weight_hh,)
 
     def forward_step(self, xp: Tensor, state, w):
         h, c = state

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import SuiteError
-from .base import RecurrentCell, bptt_one_gemm, bptt_reset_gate, gate_views, linear, mm_bt, tanh
+from .contract import RecurrentCell, gate_views
+from .fused import bptt_one_gemm, bptt_reset_gate, mm_bt
+from .kernels import linear, tanh
 from .registry import register
 
 
@@ -36,15 +38,76 @@ class _FusedInput(RecurrentCell):
         return [(self._gate_bias(gate), sign)]
 
 
+class OneGateRNN(_FusedInput):
+    """One gate a between the state and a tanh candidate c, both recurrent terms in one GEMM: sgru and ugrnn.
+
+    Equations: [a_pre, c_pre] = W x_t + U h_{t−1} + b;  a = σ(a_pre);  c = tanh(c_pre);
+      keep_sign = +1 (a keeps the state):   h_t = a ⊙ h_{t−1} + (1 − a) ⊙ c   (UGRNN's g)
+      keep_sign = −1 (a writes the state):  h_t = a ⊙ c + (1 − a) ⊙ h_{t−1}   (the simplified GRU's Γu)
+    The same model with a renamed 1 − a; both names stay registered because their gate statistics and chrono
+    sign read differently. Parameters: 2n(m + n + 1): ``weight_ih`` (2n, m), ``weight_hh`` (2n, n), ``bias_ih``
+    (2n), blocks in (gate, candidate) order. Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n).
+
+    ``keep_sign``: +1 or −1 as above; None takes the sign of the class's ``keep_gate``, which is how the
+    registered cells fix it (a positional argument, so that it is not a cell option a config could set).
+    """
+
+    gate_names = ("a",)
+    param_gates = {"weight_ih": ("a", "c"), "weight_hh": ("a", "c"), "bias_ih": ("a", "c")}
+    keep_gate = ("a", 1)
+    fast_path = True
+    packs = True
+
+    def __init__(self, input_size: int, hidden_size: int, keep_sign: int | None = None, *, bias: bool = True,
+                 init: str = "orthogonal", init_range: float = 0.1, chrono_init: int | None = None):
+        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
+                         chrono_init=chrono_init)
+        sign = type(self).keep_gate[1] if keep_sign is None else keep_sign
+        if sign not in (1, -1):
+            raise SuiteError(f"keep_sign={keep_sign!r} must be +1 (the gate keeps the state) or -1 (it writes)")
+        self.keep_gate = (self.gate_names[0], sign)  # chrono init reads the instance's sign
+        self.keeps = sign > 0
+        self._make_input(2, bias)
+        self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
+        self.reset_parameters()
+
+    def forward_step(self, xp: Tensor, state, w):
+        (h,) = state
+        a, cand = linear(h, w[0], xp).chunk(2, 1)  # both recurrent terms in one GEMM
+        a = torch.sigmoid(a)  # (B, n)
+        c = tanh(cand)
+        new = torch.lerp(c, h, a) if self.keeps else torch.lerp(h, c, a)  # a*h + (1-a)*c, or a*c + (1-a)*h
+        return (new,), (a, c)
+
+    def step(self, xp: Tensor, state, trace=None):
+        state, (a, _) = self.forward_step(xp, state, self.fused_weights())
+        if trace is not None:
+            trace[self.gate_names[0]].append(a)
+        return state
+
+    def bptt(self, grads):
+        a_all, c_all = grads.saved  # (T, B, n)
+
+        def factors(t0, t1):
+            a, c, h = a_all[t0:t1], c_all[t0:t1], grads.h(t0, t1)  # h = h_{t-1}
+            # dh_t/d a_pre = ±(h - c) a (1 - a);  dh_t/d c_pre = (share written) (1 - c²);  dh_t/dh_{t-1} = kept
+            if self.keeps:
+                return torch.stack([(h - c) * a * (1 - a), (1 - a) * (1 - c * c)], 2), a
+            return torch.stack([(c - h) * a * (1 - a), a * (1 - c * c)], 2), 1 - a
+
+        dpre, dh0 = bptt_one_gemm(grads, grads.w[0], factors)
+        return dpre, (dh0,), (mm_bt(dpre, grads.h_prev()),)
+
+
 @register("sgru", "simplified GRU of the seed: one update gate u, c_t = u*tanh(W[c,x]) + (1-u)*c_{t-1}",
           "Ng 2018, deeplearning.ai Sequence Models course (simplified GRU); the UGRNN of Collins et al. 2017")
-class SimplifiedGRU(_FusedInput):
+class SimplifiedGRU(OneGateRNN):
     """The seed article's simplified GRU (deeplearning.ai "Sequence Models" notation), update gate only.
 
     Equations: c~_t = tanh(W_c[c_{t-1}, x_t] + b_c); Γu = σ(W_u[c_{t-1}, x_t] + b_u);
     c_t = Γu⊙c~_t + (1 − Γu)⊙c_{t-1}; h_t = c_t. Each W_* [c, x] is split here into a recurrent block (in
     ``weight_hh``) and an input block (in ``weight_ih``). Same cell as UGRNN with g = 1 − Γu (Collins et al. 2017);
-    the full GRU it simplifies is Cho et al. 2014.
+    the full GRU it simplifies is Cho et al. 2014. :class:`OneGateRNN` with keep_sign = −1.
     Parameters: 2n(m + n + 1). Keep gate 1 − Γu, so chrono init writes −log U[1, T_max − 1] into b_u.
     Shapes: x (B, T, m) -> outputs (B, T, n); state h = c (B, n). Trace gate "u" = Γu (B, T, n).
     """
@@ -53,53 +116,15 @@ class SimplifiedGRU(_FusedInput):
     param_gates = {"weight_ih": ("u", "c"), "weight_hh": ("u", "c"), "bias_ih": ("u", "c")}
     keep_gate = ("u", -1)
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init)
-        self._make_input(2, bias)
-        self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
-        self.reset_parameters()
-
-    fast_path = True
-    packs = True
-
-    def fused_weights(self):
-        return (self.weight_hh,)
-
-    def forward_step(self, xp: Tensor, state, w):
-        (c,) = state
-        u, cand = linear(c, w[0], xp).chunk(2, 1)  # both recurrent terms in one GEMM
-        u = torch.sigmoid(u)  # (B, n)
-        c_tilde = tanh(cand)
-        return (torch.lerp(c, c_tilde, u),), (u, c_tilde)  # u*c~ + (1-u)*c
-
-    def step(self, xp: Tensor, state, trace=None):
-        state, (u, _) = self.forward_step(xp, state, self.fused_weights())
-        if trace is not None:
-            trace["u"].append(u)
-        return state
-
-    def bptt(self, grads):
-        u_all, ct_all = grads.saved  # (T, B, n)
-
-        def factors(t0, t1):
-            u, c_tilde, c = u_all[t0:t1], ct_all[t0:t1], grads.h(t0, t1)  # c = c_{t-1}
-            j = torch.stack([(c_tilde - c) * u * (1 - u), u * (1 - c_tilde * c_tilde)], 2)  # dc_t/d(pre_u, pre_c)
-            return j, 1 - u
-
-        dpre, dc0 = bptt_one_gemm(grads, grads.w[0], factors)
-        return dpre, (dc0,), (mm_bt(dpre, grads.h_prev()),)
-
-
 
 @register("ugrnn", "update-gate RNN: h_t = g*h_{t-1} + (1-g)*tanh(W x + U h); one gate, capacity study cell",
           "Collins, Sohl-Dickstein & Sussillo 2017, Capacity and Trainability in Recurrent Neural Networks")
-class UGRNN(_FusedInput):
+class UGRNN(OneGateRNN):
     """UGRNN (Collins, Sohl-Dickstein & Sussillo 2017, "Capacity and Trainability in Recurrent Neural Networks").
 
     Equations: c = tanh(W_cx x + W_ch h_{t−1} + b_c); g = σ(W_gx x + W_gh h_{t−1} + b_g);
-    h_t = g⊙h_{t−1} + (1 − g)⊙c. The simplified GRU (``sgru``) with g = 1 − Γu.
+    h_t = g⊙h_{t−1} + (1 − g)⊙c. The simplified GRU (``sgru``) with g = 1 − Γu: :class:`OneGateRNN` with
+    keep_sign = +1.
     Parameters: 2n(m + n + 1). Keep gate g (chrono sign +1).
     Shapes: x (B, T, m) -> outputs (B, T, n); state h (B, n). Trace gate "g" (B, T, n).
     """
@@ -107,44 +132,6 @@ class UGRNN(_FusedInput):
     gate_names = ("g",)
     param_gates = {"weight_ih": ("g", "c"), "weight_hh": ("g", "c"), "bias_ih": ("g", "c")}
     keep_gate = ("g", 1)
-
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init)
-        self._make_input(2, bias)
-        self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
-        self.reset_parameters()
-
-    fast_path = True
-    packs = True
-
-    def fused_weights(self):
-        return (self.weight_hh,)
-
-    def forward_step(self, xp: Tensor, state, w):
-        (h,) = state
-        g, cand = linear(h, w[0], xp).chunk(2, 1)
-        g = torch.sigmoid(g)  # (B, n)
-        c = tanh(cand)
-        return (torch.lerp(c, h, g),), (g, c)  # g*h + (1-g)*c
-
-    def step(self, xp: Tensor, state, trace=None):
-        state, (g, _) = self.forward_step(xp, state, self.fused_weights())
-        if trace is not None:
-            trace["g"].append(g)
-        return state
-
-    def bptt(self, grads):
-        g_all, c_all = grads.saved  # (T, B, n)
-
-        def factors(t0, t1):
-            g, c, h = g_all[t0:t1], c_all[t0:t1], grads.h(t0, t1)
-            return torch.stack([(h - c) * g * (1 - g), (1 - g) * (1 - c * c)], 2), g
-
-        dpre, dh0 = bptt_one_gemm(grads, grads.w[0], factors)
-        return dpre, (dh0,), (mm_bt(dpre, grads.h_prev()),)
-
 
 
 @register("mgu", "minimal gated unit: one forget gate f, also used as the reset gate inside the candidate",
@@ -209,7 +196,6 @@ class MGU(_FusedInput):
         return d, (dh0,), (mm_bt(d[..., :n], grads.h_prev()), mm_bt(d[..., n:], fh_all.transpose(0, 1)))
 
 
-
 @register("janet", "just another network: forget gate only, c_t = σ(s)*c + (1-σ(s-β))*tanh(...), β=1",
           "van der Westhuizen & Lasenby 2018, The unreasonable effectiveness of the forget gate")
 class JANET(_FusedInput):
@@ -246,9 +232,6 @@ class JANET(_FusedInput):
     fast_path = True
     packs = True
 
-    def fused_weights(self):
-        return (self.weight_hh,)
-
     def forward_step(self, xp: Tensor, state, w):
         (c,) = state
         s, cand = linear(c, w[0], xp).chunk(2, 1)
@@ -275,7 +258,6 @@ class JANET(_FusedInput):
 
         dpre, dc0 = bptt_one_gemm(grads, grads.w[0], factors)
         return dpre, (dc0,), (mm_bt(dpre, grads.h_prev()),)
-
 
 
 @register("ligru", "light GRU: one update gate, ReLU candidate, batch norm on input projections, no reset gate",
@@ -321,7 +303,7 @@ class LiGRU(_FusedInput):
         self._make_input(2, bias and not batch_norm)
         self.norm = nn.BatchNorm1d(2 * hidden_size, momentum=0.05, affine=bias) if batch_norm else None
         self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
-        self._drop_mask: Tensor | None = None
+        self.drop_mask: Tensor | None = None
         names = dict(self.named_parameters())  # the bias lives in W or in the BN shift, depending on options
         self.param_gates = {k: v for k, v in type(self).param_gates.items() if k in names}
         self.reset_parameters()
@@ -350,17 +332,17 @@ class LiGRU(_FusedInput):
             else:
                 xp = self.norm(flat).view_as(xp)
         # project runs once per sequence, right before the steps: the place to draw the per-sequence mask.
-        self._drop_mask = None
+        self.drop_mask = None
         if self.training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
-            self._drop_mask = xp.new_empty(x.shape[0], self.hidden_size).bernoulli_(keep).div_(keep)  # (B, n)
+            self.drop_mask = xp.new_empty(x.shape[0], self.hidden_size).bernoulli_(keep).div_(keep)  # (B, n)
         return xp
 
     fast_path = True
 
     def fused_weights(self):
         # the dropout mask is drawn in project: passed along so that backward uses the forward's mask
-        return (self.weight_hh,) if self._drop_mask is None else (self.weight_hh, self._drop_mask)
+        return (self.weight_hh,) if self.drop_mask is None else (self.weight_hh, self.drop_mask)
 
     def forward_step(self, xp: Tensor, state, w):
         (h,) = state

@@ -37,7 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import SuiteError
-from .base import RecurrentCell, bptt_reset_gate, gate_views, linear, mm_bt, tanh
+from .contract import RecurrentCell, gate_views
+from .fused import bptt_reset_gate, mm_bt
+from .kernels import linear, tanh
 from .registry import register
 
 SOURCE = "Jozefowicz, Zaremba & Sutskever 2015, An Empirical Exploration of Recurrent Network Architectures"
@@ -50,9 +52,10 @@ class _MUT(RecurrentCell):
     keep_gate = ("z", -1)
     needs_square = True  # MUT1/MUT2 add x unweighted
     input_blocks: tuple[str, ...] = ()  # blocks of weight_ih (the weighted input terms)
+    recurrent: dict[str, int] = {}  # recurrent weights: name -> gate blocks of n rows, in the order made
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool, init: str, init_range: float,
-                 chrono_init: int | None, project_input: bool):
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
+                 init_range: float = 0.1, chrono_init: int | None = None, project_input: bool = False):
         super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
                          chrono_init=chrono_init)
         if not isinstance(project_input, bool):
@@ -68,6 +71,9 @@ class _MUT(RecurrentCell):
         self.weight_ih_proj = nn.Parameter(torch.empty(n, input_size)) if project_input else None
         self.weight_ih = nn.Parameter(torch.empty(len(self.input_blocks) * n, width))
         self.bias_ih = nn.Parameter(torch.empty(3 * n)) if bias else None
+        for name, blocks in self.recurrent.items():
+            setattr(self, name, nn.Parameter(torch.empty(blocks * n, n)))
+        self.reset_parameters()
 
     def _input_weight(self) -> Tensor:
         """Weight of the one projection GEMM: rows = weighted input terms, then x itself if the cell needs it."""
@@ -143,13 +149,7 @@ class MUT1(_MUT):
     param_gates = {"weight_ih": ("z", "r"), "bias_ih": ("z", "r", "c"), "weight_hh_r": ("r",),
                    "weight_hh_c": ("c",)}
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None, project_input: bool = False):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init, project_input=project_input)
-        self.weight_hh_r = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.weight_hh_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.reset_parameters()
+    recurrent = {"weight_hh_r": 1, "weight_hh_c": 1}
 
     def project(self, x: Tensor) -> Tensor:
         zr, xx = self._projected(x)
@@ -189,13 +189,7 @@ class MUT2(_MUT):
     param_gates = {"weight_ih": ("z", "c"), "bias_ih": ("z", "r", "c"), "weight_hh": ("z", "r"),
                    "weight_hh_c": ("c",)}
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None, project_input: bool = False):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init, project_input=project_input)
-        self.weight_hh = nn.Parameter(torch.empty(2 * hidden_size, hidden_size))
-        self.weight_hh_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.reset_parameters()
+    recurrent = {"weight_hh": 2, "weight_hh_c": 1}  # W_hz | W_hr share one GEMM
 
     def project(self, x: Tensor) -> Tensor:
         zc, xx = self._projected(x)
@@ -237,15 +231,8 @@ class MUT3(_MUT):
     param_gates = {"weight_ih": ("z", "r", "c"), "bias_ih": ("z", "r", "c"), "weight_hh_z": ("z",),
                    "weight_hh_r": ("r",), "weight_hh_c": ("c",)}
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, init: str = "orthogonal",
-                 init_range: float = 0.1, chrono_init: int | None = None, project_input: bool = False):
-        super().__init__(input_size, hidden_size, bias=bias, init=init, init_range=init_range,
-                         chrono_init=chrono_init, project_input=project_input)
-        # Three separate recurrent weights: z reads tanh(h), r reads h, the candidate reads r*h.
-        self.weight_hh_z = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.weight_hh_r = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.weight_hh_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.reset_parameters()
+    # Three separate recurrent weights: z reads tanh(h), r reads h, the candidate reads r*h.
+    recurrent = {"weight_hh_z": 1, "weight_hh_r": 1, "weight_hh_c": 1}
 
     def project(self, x: Tensor) -> Tensor:
         return self._with_bias(self._projected(x)[0])  # (B, T, 3n)

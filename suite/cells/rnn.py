@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell, bptt_one_gemm, linear, mm_bt, tanh
+from .contract import RecurrentCell
+from .fused import bptt_one_gemm, mm_bt
+from .kernels import linear, tanh
 from .registry import register
 
 
@@ -31,9 +33,6 @@ class TanhRNN(RecurrentCell):
 
     fast_path = True
     packs = True
-
-    def fused_weights(self):
-        return (self.weight_hh,)
 
     def forward_step(self, xp: Tensor, state, w):
         (h,) = state

@@ -53,7 +53,7 @@ from ..registry import SuiteError
 from torch.autograd.function import once_differentiable
 
 from ..gpu import deterministic_refusal
-from .base import RecurrentCell, State, autocast_off, gate_views
+from .contract import RecurrentCell, State, autocast_off, gate_views
 from .registry import register
 
 MODES = ("scan", "logscan", "sequential")
@@ -219,10 +219,10 @@ class _ScanCell(RecurrentCell):
         """dL/dxp from gh = dL/dh_t and h_prev = h_{t-1} (B, T, H): da_t = gh ⊙ h_{t-1}, db_t = gh."""
         raise NotImplementedError
 
-    def _forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def recurrence(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         if self.mode == "sequential":
-            return super()._forward(x, state)
-        xp, state = self._recurrence_inputs(self.project(x), state)
+            return super().recurrence(x, state)
+        xp, state = self.recurrence_inputs(self.project(x), state)
         if self.mode == "logscan":  # the paper's form, differentiated by autograd
             with autocast_off(xp):
                 try:
