@@ -3,6 +3,9 @@
     >>> from suite import cells
     >>> cell = cells.build("sgru", input_size=10, hidden_size=32)
     >>> outputs, h = cell(torch.randn(4, 100, 10))   # (4, 100, 32), (4, 32)
+
+A new cell, in the package or in a plugin outside it (docs/extending.md), subclasses :class:`RecurrentCell` and
+adds one ``@register(name, summary, paper)`` line; ``RecurrentCell`` and ``register`` are the stable API for it.
 """
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ import inspect
 from ..registry import SuiteError
 from . import gru, lstm, minimal, mut, rnn, scan  # noqa: F401  (importing registers the cells)
 from .base import RecurrentCell, Trace, check_size
-from .registry import CELLS
+from .registry import CELLS, register
 
-__all__ = ["build", "names", "options", "RecurrentCell", "Trace", "CELLS"]
+__all__ = ["build", "names", "options", "register", "RecurrentCell", "Trace", "CELLS"]
 
 
 def names() -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..registry import Registry
 
-CELLS = Registry("cell")
+CELLS = Registry("cell", "rnnsuite.cells")
 
 
 def register(name: str, summary: str, source: str):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..registry import Registry, SuiteError
 
-TASKS = Registry("task")
+TASKS = Registry("task", "rnnsuite.tasks")
 ENCODINGS = ("onehot", "embedding", "real")
 
 
@@ -211,6 +211,12 @@ class Task:
     def published(self) -> list[Published]:
         return []
 
+    def memoryless_outputs(self, batch: Batch) -> Tensor | None:
+        """The outputs (shaped as the model's) of the predictor ``baseline`` describes, one that ignores the
+        sequence's history; the registry-driven tests score it against the baseline's formula. None: no such
+        predictor is defined (the baseline is then checked by the task's own tests only)."""
+        return None
+
     def empirical_baseline(self) -> float | None:
         """The baseline's predictor scored on the fixed test set (None where the task does not compute it):
         reports show it beside the formula's value and judge "beats baseline" by the stricter of the two."""
@@ -257,7 +263,8 @@ class SyntheticTask(Task):
     val_size: int
     eval_batch_size: int
 
-    def _init_sizes(self, batch_size, val_size, eval_batch_size):
+    def init_sizes(self, batch_size, val_size, eval_batch_size):
+        """Check and keep the three sizes every synthetic task takes (call it from ``__init__``)."""
         self.batch_size = check_int(self.name, "batch_size", batch_size)
         self.val_size = check_int(self.name, "val_size", val_size)
         self.eval_batch_size = check_int(self.name, "eval_batch_size", eval_batch_size)
