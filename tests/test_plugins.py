@@ -122,3 +122,20 @@ def test_tiny_sweep_and_report_with_a_plugin_cell_and_task(tmp_path):
     ours = board[board["source"] == "this sweep"]
     assert sorted(ours["cell"]) == ["gru", "indrnn"] and (ours["n"] == 2).all()
     assert ours["test_acc_mean"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("ci,code,fragment", [("true", 1, "FAILED"), ("", 0, "SKIPPED")])
+def test_a_cell_without_a_regression_entry_fails_under_ci_and_skips_otherwise(tmp_path, ci, code, fragment):
+    (tmp_path / "elman_copy.py").write_text(
+        "from suite.cells import register\nfrom suite.cells.rnn import TanhRNN\n\n\n"
+        "@register('elman_copy', 'a second Elman RNN, without a regression entry', 'Elman 1990')\n"
+        "class ElmanCopy(TanhRNN):\n    pass\n")
+    env = dict(os.environ, RNNSUITE_PLUGINS="elman_copy", CI=ci,
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs",
+                          "tests/test_cells_contract.py", "-k", "regression_outputs and elman_copy"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert out.returncode == code, out.stdout + out.stderr
+    assert f"{fragment} " in out.stdout
+    assert ("cell 'elman_copy' has no regression entry: write it with `python -m tests.regression update "
+            "elman_copy`") in out.stdout
