@@ -367,5 +367,5 @@ def test_unchecked_reference_details_have_a_recorded_check_and_decision():
         doc = cls.__doc__
         assert "checked against the paper" in doc and "1701.05923" in doc and "Decision:" in doc
     assert "checked against the paper" in mut.__doc__ and "Decisions:" in mut.__doc__
-    assert "W_hz tanh(h_t)" in mut.__doc__  # the detail cells.md marks unchecked, as the paper has it
+    assert "W_hz tanh(h_t)" in mut.__doc__  # the detail docs/cells.md records as checked, as the paper has it
     assert "unchecked against the paper" not in mut.MUT3.__doc__
