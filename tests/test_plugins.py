@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -96,8 +98,6 @@ def test_train_a_plugin_cell_on_a_plugin_task(tmp_path):
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout.strip().splitlines()[-1])
     assert payload["status"] == "FINISHED" and 0 <= payload["val/acc"] <= 1 and payload["test/loss"] > 0
-    import mlflow
-
     params = mlflow.MlflowClient(uri).get_run(payload["run_id"]).data.params
     assert params["model.cell"] == "indrnn" and params["task.name"] == "parity"
 
@@ -139,3 +139,15 @@ def test_a_cell_without_a_regression_entry_fails_under_ci_and_skips_otherwise(tm
     assert f"{fragment} " in out.stdout
     assert ("cell 'elman_copy' has no regression entry: write it with `python -m tests.regression update "
             "elman_copy`") in out.stdout
+
+
+@pytest.mark.parametrize("plugin", ["indrnn.py", "parity.py"])
+def test_the_examples_in_docs_extending_are_the_plugins_themselves(plugin):
+    """docs/extending.md shows each example plugin whole (docstrings shortened): every line it shows is in the file."""
+    doc = (ROOT / "docs" / "extending.md").read_text()
+    source = (PLUGINS / plugin).read_text().splitlines()
+    shown = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if f"tests/plugins/{plugin}" in doc
+             and "@register" in b and plugin.split(".")[0] in b]
+    assert len(shown) == 1
+    missing = [line for line in shown[0].splitlines() if line.strip() and line not in source]
+    assert not missing, missing
