@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,19 +43,24 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str, group: str | None = None):
+    def __init__(self, kind: str, group: str | None = None, name_attribute: str | None = None):
         self.kind = kind  # "cell" or "task": used in error messages
         self.group = group  # the entry-point group plugins of this kind are published under (None: none)
+        self.name_attribute = name_attribute  # the builder's attribute that gets its registered name (None: none)
         self._entries: dict[str, Entry] = {}
         if group is not None:
             _REGISTRIES[group] = self
 
     def register(self, name: str, summary: str, source: str) -> Callable:
+        """Class decorator: register the class under its canonical ``name``, with a one-line ``summary`` for
+        ``rnnsuite list`` and the paper (``source``) it implements; a name already taken is refused."""
         def decorator(builder):
             if name in self._entries:
                 first = self._entries[name].builder
                 raise SuiteError(f"duplicate {self.kind} name {name!r}: already registered by "
                                  f"{first.__module__}.{first.__qualname__}; choose another name")
+            if self.name_attribute is not None:
+                setattr(builder, self.name_attribute, name)
             self._entries[name] = Entry(name, builder, summary, source)
             return builder
 
@@ -71,6 +77,19 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         load_plugins()
         return name in self._entries
+
+    def options(self, name: str) -> dict[str, object]:
+        """The keyword options ``name``'s builder accepts, with their defaults."""
+        sig = inspect.signature(self.get(name).builder.__init__)
+        return {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+    def check_options(self, name: str, opts) -> None:
+        """A SuiteError naming the first option in ``opts`` that ``name`` does not take, and the ones it does."""
+        accepted = self.options(name)
+        for key in opts:
+            if key not in accepted:
+                raise SuiteError(f"{self.kind} {name!r} does not take option {key!r}; its options: "
+                                 f"{', '.join(accepted)}")
 
     def get(self, name: str) -> Entry:
         load_plugins()

@@ -15,7 +15,6 @@ A new task, in the package or in a plugin outside it (docs/extending.md), subcla
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import yaml
@@ -38,17 +37,13 @@ def names() -> list[str]:
 
 def options(name: str) -> dict[str, object]:
     """The keyword options a task accepts, with their defaults."""
-    sig = inspect.signature(TASKS.get(name).builder.__init__)
-    return {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    return TASKS.options(name)
 
 
 def build(name: str, **opts) -> Task:
     """Build the registered task ``name``; unknown names, unknown options and bad values raise a SuiteError."""
     entry = TASKS.get(name)
-    accepted = options(name)
-    for key in opts:
-        if key not in accepted:
-            raise SuiteError(f"task {name!r} does not take option {key!r}; its options: {', '.join(accepted)}")
+    TASKS.check_options(name, opts)
     return entry.builder(**opts)
 
 

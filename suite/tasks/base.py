@@ -25,19 +25,9 @@ from torch import Tensor
 
 from ..registry import Registry, SuiteError
 
-TASKS = Registry("task", "rnnsuite.tasks")
+TASKS = Registry("task", "rnnsuite.tasks", name_attribute="name")
+register = TASKS.register  # class decorator: @register(name, summary, paper) on a Task subclass (sets cls.name)
 ENCODINGS = ("onehot", "embedding", "real")
-
-
-def register(name: str, summary: str, source: str):
-    """Class decorator: register a Task subclass under its canonical name (also set as ``cls.name``)."""
-    inner = TASKS.register(name, summary, source)
-
-    def decorator(cls):
-        cls.name = name
-        return inner(cls)
-
-    return decorator
 
 
 @dataclass
