@@ -124,8 +124,9 @@ def load_plugins() -> None:
     try:
         for module in plugin_modules():
             _import(module, f"from {PLUGINS_ENV}")
+        installed = metadata.entry_points()  # one scan of the installed distributions for both groups
         for group in ENTRY_POINT_GROUPS:
-            for point in metadata.entry_points(group=group):
+            for point in installed.select(group=group):
                 _load_entry_point(point)
     except SuiteError as err:
         _plugins["error"] = str(err)
