@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import __version__
-from .registry import SuiteError
+from .registry import SuiteError, load_plugins
 
 EXIT_USAGE = 2
 
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE
+        load_plugins()  # a broken plugin is one line before the command starts, not a failure half-way
         return args.func(args)
     except SuiteError as exc:
         print(f"rnnsuite: error: {exc}", file=sys.stderr)

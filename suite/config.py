@@ -49,7 +49,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam, adamw, sgd, rmsprop
-    lr: float = 3e-3  # tasks.md: 1e-3 is too small for short budgets on copy/adding; tuned by sweeps anyway
+    lr: float = 3e-3  # docs/tasks.md: 1e-3 is too small for short budgets on copy/adding; tuned by sweeps anyway
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd / rmsprop only
     clip: float = 1.0  # global-norm clipping threshold (Pascanu et al. 2013); 0 disables clipping

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from suite import cells
+from suite.cells import gru, lstm, mut
 from suite.cells.base import RecurrentCell
 from suite.registry import SuiteError
 
@@ -351,3 +352,20 @@ def test_fused_forward_uses_torch_module():
     for name, module in (("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)):
         cell = cells.build(name, 3, 4)
         assert isinstance(cell.rnn, module) and cell.rnn.batch_first and cell.rnn.num_layers == 1
+
+
+# -------------------------------------------------------------------------------------------- docstrings
+def test_lstm_and_gru_docstrings_cite_their_papers():
+    assert "Hochreiter & Schmidhuber (1997)" in lstm.LSTM.__doc__ and "Long Short-Term Memory" in lstm.LSTM.__doc__
+    assert "Gers, Schmidhuber & Cummins (2000)" in lstm.LSTM.__doc__ and "forget gate" in lstm.LSTM.__doc__
+    assert "Cho" in gru.GRU.__doc__ and "2014" in gru.GRU.__doc__ and "1406.1078" in gru.GRU.__doc__
+    assert "Cho et al. (2014" in gru.GRUResetBefore.__doc__
+
+
+def test_unchecked_reference_details_have_a_recorded_check_and_decision():
+    for cls in (gru.GRU1, gru.GRU2, gru.GRU3):
+        doc = cls.__doc__
+        assert "checked against the paper" in doc and "1701.05923" in doc and "Decision:" in doc
+    assert "checked against the paper" in mut.__doc__ and "Decisions:" in mut.__doc__
+    assert "W_hz tanh(h_t)" in mut.__doc__  # the detail docs/cells.md records as checked, as the paper has it
+    assert "unchecked against the paper" not in mut.MUT3.__doc__

@@ -3,17 +3,17 @@
     >>> from suite import cells
     >>> cell = cells.build("sgru", input_size=10, hidden_size=32)
     >>> outputs, h = cell(torch.randn(4, 100, 10))   # (4, 100, 32), (4, 32)
+
+A new cell, in the package or in a plugin outside it (docs/extending.md), subclasses :class:`RecurrentCell` and
+adds one ``@register(name, summary, paper)`` line; ``RecurrentCell`` and ``register`` are the stable API for it.
 """
 from __future__ import annotations
 
-import inspect
-
-from ..registry import SuiteError
 from . import gru, lstm, minimal, mut, rnn, scan  # noqa: F401  (importing registers the cells)
 from .base import RecurrentCell, Trace, check_size
-from .registry import CELLS
+from .registry import CELLS, register
 
-__all__ = ["build", "names", "options", "RecurrentCell", "Trace", "CELLS"]
+__all__ = ["build", "names", "options", "register", "RecurrentCell", "Trace", "CELLS"]
 
 
 def names() -> list[str]:
@@ -22,8 +22,7 @@ def names() -> list[str]:
 
 def options(name: str) -> dict[str, object]:
     """The keyword options a cell accepts, with their defaults."""
-    sig = inspect.signature(CELLS.get(name).builder.__init__)
-    return {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    return CELLS.options(name)
 
 
 def build(name: str, input_size: int, hidden_size: int, **opts) -> RecurrentCell:
@@ -31,8 +30,5 @@ def build(name: str, input_size: int, hidden_size: int, **opts) -> RecurrentCell
     entry = CELLS.get(name)
     check_size("input_size", input_size)
     check_size("hidden_size", hidden_size)
-    accepted = options(name)
-    for key in opts:
-        if key not in accepted:
-            raise SuiteError(f"cell {name!r} does not take option {key!r}; its options: {', '.join(accepted)}")
+    CELLS.check_options(name, opts)
     return entry.builder(input_size, hidden_size, **opts)

@@ -215,7 +215,7 @@ _DEY_SALEM_DOC = """
     we use the suite reference's form for gru_reset_before and GRU1-3 alike, so z is the keep gate everywhere and
     chrono init puts +log U[1, T_max - 1] on b_z. The two forms are the same model with z renamed 1 - z.
 
-    Equations checked against the paper (the suite reference, cells.md, marks the gate forms "unchecked"):
+    Equations checked against the paper (a secondary source left the gate forms unchecked; docs/cells.md):
     Dey & Salem, "Gate-Variants of Gated Recurrent Unit (GRU) Neural Networks", MWSCAS 2017 (arXiv:1701.05923).
     The paper's three variants change the two gates only, identically for z and r:
       GRU1: each gate is computed from the previous hidden state and the bias only, σ(U h_{t-1} + b);

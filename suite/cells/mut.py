@@ -11,7 +11,7 @@ the equations is then the projected input. The projection is folded into the inp
 product per call) so that ``project`` stays one GEMM over the sequence. MUT3 needs no projection but accepts the
 option too, so that one sweep can set it for all three.
 
-Equations checked against the paper (the suite reference, cells.md, marks MUT3's tanh(h) "unchecked"). Jozefowicz,
+Equations checked against the paper (a secondary source left MUT3's tanh(h) unchecked; docs/cells.md). Jozefowicz,
 Zaremba & Sutskever list the three best architectures of their search as follows, in their notation (sigm = σ, state
 h_t -> h_{t+1}):
   MUT1: z = sigm(W_xz x_t + b_z);  r = sigm(W_xr x_t + W_hr h_t + b_r);
@@ -21,7 +21,7 @@ h_t -> h_{t+1}):
   MUT3: z = sigm(W_xz x_t + W_hz tanh(h_t) + b_z);  r = sigm(W_xr x_t + W_hr h_t + b_r);
         h_{t+1} = tanh(W_hh (r ⊙ h_t) + W_xh x_t + b_h) ⊙ z + h_t ⊙ (1 − z)
 What the paper says that matters here: (1) MUT3's update gate does read tanh(h_t), not h_t (the detail
-cells.md left unchecked); (2) MUT1's candidate adds tanh(x_t) and MUT2's reset gate adds x_t WITHOUT a weight,
+docs/cells.md records); (2) MUT1's candidate adds tanh(x_t) and MUT2's reset gate adds x_t WITHOUT a weight,
 which only type-checks when x_t and h_t have the same width (in the paper's experiments the input is an
 embedding of the hidden width); (3) z multiplies the candidate, so 1 − z keeps the state; (4) one bias per gate.
 Decisions: the equations are implemented exactly as listed, including the unweighted terms; the learned input

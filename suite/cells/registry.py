@@ -3,15 +3,5 @@ from __future__ import annotations
 
 from ..registry import Registry
 
-CELLS = Registry("cell")
-
-
-def register(name: str, summary: str, source: str):
-    """Class decorator: register a RecurrentCell subclass under its canonical name."""
-    inner = CELLS.register(name, summary, source)
-
-    def decorator(cls):
-        cls.registered_name = name
-        return inner(cls)
-
-    return decorator
+CELLS = Registry("cell", "rnnsuite.cells", name_attribute="registered_name")
+register = CELLS.register  # class decorator: @register(name, summary, paper) on a RecurrentCell subclass

@@ -8,20 +8,25 @@
 Named settings (``copy-T100``, ``ptb-word``, ...) are YAML files shipped in ``suite/tasks/settings/`` (the
 repository's top-level ``tasks/`` links there): partial run configs with a ``description`` and a ``task``
 section, and sometimes suggestions for other sections (``model``, ``optim``, ``train``).
+
+A new task, in the package or in a plugin outside it (docs/extending.md), subclasses :class:`Task` (or
+:class:`SyntheticTask` for generated data) and adds one ``@register(name, summary, paper)`` line; the names in
+``__all__`` are the stable API for it.
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import yaml
 
 from ..registry import SuiteError, did_you_mean
 from . import adding, copy, lm, mnist, mnist1d  # noqa: F401  (importing registers the tasks)
-from .base import TASKS, Baseline, Batch, Published, SolvedRule, Task
+from .base import (TASKS, Baseline, Batch, Published, SolvedRule, SyntheticTask, Task, Totals, check_bool,
+                   check_choice, check_int, exact, register)
 
 __all__ = ["build", "names", "options", "named_settings", "setting_paths", "load_settings",
-           "settings_dirs", "Task", "Batch", "Baseline", "Published", "SolvedRule", "TASKS"]
+           "settings_dirs", "register", "Task", "SyntheticTask", "Batch", "Baseline", "Published", "SolvedRule",
+           "Totals", "check_int", "check_bool", "check_choice", "exact", "TASKS"]
 
 SETTINGS_DIR = Path(__file__).parent / "settings"  # package data: found by an installed package too
 
@@ -32,17 +37,13 @@ def names() -> list[str]:
 
 def options(name: str) -> dict[str, object]:
     """The keyword options a task accepts, with their defaults."""
-    sig = inspect.signature(TASKS.get(name).builder.__init__)
-    return {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    return TASKS.options(name)
 
 
 def build(name: str, **opts) -> Task:
     """Build the registered task ``name``; unknown names, unknown options and bad values raise a SuiteError."""
     entry = TASKS.get(name)
-    accepted = options(name)
-    for key in opts:
-        if key not in accepted:
-            raise SuiteError(f"task {name!r} does not take option {key!r}; its options: {', '.join(accepted)}")
+    TASKS.check_options(name, opts)
     return entry.builder(**opts)
 
 

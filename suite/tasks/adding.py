@@ -37,7 +37,7 @@ class Adding(SyntheticTask):
                  eval_batch_size: int = 256):
         # length 100: Arjovsky's shortest T; batch 64, 1024 validation sequences: the reference yardstick
         self.length = check_int(self.name, "length", length, minimum=2)  # one marker in each half
-        self._init_sizes(batch_size, val_size, eval_batch_size)
+        self.init_sizes(batch_size, val_size, eval_batch_size)
         self.seq_len = self.length
         self.options = dict(length=length, batch_size=batch_size, val_size=val_size,
                             eval_batch_size=eval_batch_size)
@@ -77,6 +77,10 @@ class Adding(SyntheticTask):
     def baseline(self) -> Baseline:
         return Baseline("mse", 1 / 6, "Var(U1 + U2) = 2 · 1/12 = 1/6",
                         f"predicting the mean target 1 ({ARJOVSKY})")
+
+    def memoryless_outputs(self, batch: Batch) -> Tensor:
+        """Always the mean target 1, whatever the sequence held."""
+        return torch.ones(batch.size, batch.x.shape[1], 1, device=batch.x.device)  # (B, T, 1)
 
     def empirical_baseline(self) -> float:
         """MSE of predicting the mean target 1 on the fixed test set (0.1746 at T=200, val_size 1024)."""

@@ -25,19 +25,9 @@ from torch import Tensor
 
 from ..registry import Registry, SuiteError
 
-TASKS = Registry("task")
+TASKS = Registry("task", "rnnsuite.tasks", name_attribute="name")
+register = TASKS.register  # class decorator: @register(name, summary, paper) on a Task subclass (sets cls.name)
 ENCODINGS = ("onehot", "embedding", "real")
-
-
-def register(name: str, summary: str, source: str):
-    """Class decorator: register a Task subclass under its canonical name (also set as ``cls.name``)."""
-    inner = TASKS.register(name, summary, source)
-
-    def decorator(cls):
-        cls.name = name
-        return inner(cls)
-
-    return decorator
 
 
 @dataclass
@@ -211,6 +201,12 @@ class Task:
     def published(self) -> list[Published]:
         return []
 
+    def memoryless_outputs(self, batch: Batch) -> Tensor | None:
+        """The outputs (shaped as the model's) of the predictor ``baseline`` describes, one that ignores the
+        sequence's history; the registry-driven tests score it against the baseline's formula. None: no such
+        predictor is defined (the baseline is then checked by the task's own tests only)."""
+        return None
+
     def empirical_baseline(self) -> float | None:
         """The baseline's predictor scored on the fixed test set (None where the task does not compute it):
         reports show it beside the formula's value and judge "beats baseline" by the stricter of the two."""
@@ -257,7 +253,8 @@ class SyntheticTask(Task):
     val_size: int
     eval_batch_size: int
 
-    def _init_sizes(self, batch_size, val_size, eval_batch_size):
+    def init_sizes(self, batch_size, val_size, eval_batch_size):
+        """Check and keep the three sizes every synthetic task takes (call it from ``__init__``)."""
         self.batch_size = check_int(self.name, "batch_size", batch_size)
         self.val_size = check_int(self.name, "val_size", val_size)
         self.eval_batch_size = check_int(self.name, "eval_batch_size", eval_batch_size)

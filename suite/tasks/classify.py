@@ -157,6 +157,12 @@ class ClassificationTask(Task):
     def majority_class(self) -> int:
         return int(torch.bincount(self.splits["train"].y, minlength=self.classes).argmax())
 
+    def memoryless_outputs(self, batch: Batch) -> Tensor:
+        """Always the training set's most frequent class, whatever the sequence held: (B, 1, classes)."""
+        logits = torch.full((batch.size, 1, self.classes), -1e4, device=batch.x.device)
+        logits[..., self.majority_class()] = 1e4  # softmax exactly one-hot in float32
+        return logits
+
     def empirical_baseline(self) -> float:
         """The baseline's predictor (the training majority class) scored on the fixed test set; main's reports
         (report_evidence.baselines) read it beside ``baseline``."""

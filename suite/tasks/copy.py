@@ -35,6 +35,7 @@ from .base import (Baseline, Batch, Published, SolvedRule, SyntheticTask, Totals
 from ..registry import SuiteError
 
 ARJOVSKY = "Arjovsky, Shah & Bengio 2016, Unitary Evolution Recurrent Neural Networks"
+SURE = 1e4  # a logit gap that makes softmax exactly one-hot in float32
 
 
 class CopyFamily(SyntheticTask):
@@ -80,6 +81,13 @@ class CopyFamily(SyntheticTask):
                         "memoryless predictor: blank off the recall, uniform over the data symbols on it "
                         f"({ARJOVSKY}: 10·ln 8/(T+20))")
 
+    def memoryless_outputs(self, batch: Batch) -> Tensor:
+        """Blank off the recall, uniform over the data symbols on it: knows WHERE to recall, not WHAT."""
+        blank = F.one_hot(torch.zeros_like(batch.y), self.output_size).float() * SURE  # (B, L, C): all on blank
+        uniform = torch.zeros_like(blank)
+        uniform[..., 0] = -SURE
+        return torch.where(batch.recall.unsqueeze(-1), uniform, blank)
+
 
 @register("copy", "copying memory: recall 10 symbols after a delay of T steps (variable=true: random delay)",
           ARJOVSKY)
@@ -89,7 +97,7 @@ class Copy(CopyFamily):
         # length 100: the paper's shortest T; batch 64, 1024 validation sequences: the reference yardstick
         self._init_copy(length, symbols, alphabet)
         self.variable = check_bool(self.name, "variable", variable)
-        self._init_sizes(batch_size, val_size, eval_batch_size)
+        self.init_sizes(batch_size, val_size, eval_batch_size)
         self.seq_len = self.length + 2 * self.symbols
         self.options = dict(length=length, symbols=symbols, alphabet=alphabet, variable=variable,
                             batch_size=batch_size, val_size=val_size, eval_batch_size=eval_batch_size)
@@ -136,7 +144,7 @@ class SelectiveCopy(CopyFamily):
         if self.symbols > self.length:
             raise SuiteError(f"task {self.name!r}: option symbols={symbols} must be <= length={length} "
                              "(the positions the symbols are scattered over)")
-        self._init_sizes(batch_size, val_size, eval_batch_size)
+        self.init_sizes(batch_size, val_size, eval_batch_size)
         self.seq_len = self.length + self.symbols + 1
         self.options = dict(length=length, symbols=symbols, alphabet=alphabet,
                             batch_size=batch_size, val_size=val_size, eval_batch_size=eval_batch_size)

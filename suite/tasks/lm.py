@@ -148,6 +148,12 @@ class LanguageModelling(Task):
                         f"{formula}, H = cross-entropy of the add-one-smoothed train unigram on the valid targets",
                         "unigram model: the best predictor that ignores context")
 
+    def memoryless_outputs(self, batch: Batch) -> Tensor:
+        """The add-one-smoothed train unigram's log-probabilities at every step, whatever came before: (B, T, V)."""
+        counts = torch.bincount(self.corpus.splits["train"], minlength=self.vocab_size).float() + 1
+        log_p = (counts / counts.sum()).log().to(batch.x.device)
+        return log_p.expand(*batch.x.shape, self.vocab_size)
+
     def describe(self) -> str:
         return (f"{self.name}: {self.corpus.level}-level {self.corpus.source}, vocabulary {self.vocab_size}, "
                 f"{len(self.corpus.splits['train']):,} training tokens; batch {self.batch_size}, bptt {self.bptt}, "
