@@ -1,4 +1,4 @@
-"""The cell zoo: every cell behind one contract (see :mod:`suite.cells.base`).
+"""The cell zoo: every cell behind one contract (see :mod:`suite.cells.contract`).
 
     >>> from suite import cells
     >>> cell = cells.build("sgru", input_size=10, hidden_size=32)
@@ -10,10 +10,11 @@ adds one ``@register(name, summary, paper)`` line; ``RecurrentCell`` and ``regis
 from __future__ import annotations
 
 from . import gru, lstm, minimal, mut, rnn, scan  # noqa: F401  (importing registers the cells)
-from .base import RecurrentCell, Trace, check_size
+from .contract import RecurrentCell, Trace, check_size
+from .init import InitRule
 from .registry import CELLS, register
 
-__all__ = ["build", "names", "options", "register", "RecurrentCell", "Trace", "CELLS"]
+__all__ = ["build", "names", "options", "register", "RecurrentCell", "InitRule", "Trace", "CELLS"]
 
 
 def names() -> list[str]:

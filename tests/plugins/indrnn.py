@@ -33,18 +33,6 @@ class IndRNN(RecurrentCell):
         self.bias_ih = nn.Parameter(torch.empty(hidden_size)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """u ~ U(0, 1), as the paper's adding-problem runs; W Xavier, b zero (the base class's rules)."""
-        with torch.no_grad():
-            if self.init == "uniform":
-                for p in self.parameters():
-                    p.uniform_(-self.init_range, self.init_range)
-                return
-            nn.init.xavier_uniform_(self.weight_ih)
-            self.weight_hh.uniform_(0.0, 1.0)
-            if self.bias_ih is not None:
-                self.bias_ih.zero_()
-
     def project(self, x: Tensor) -> Tensor:
         return nn.functional.linear(x, self.weight_ih, self.bias_ih)  # (B, T, n): W x_t + b for every t
 
