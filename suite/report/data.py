@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from .registry import SuiteError
-from .report_keys import parse_equivalence
-from .tracking import mask
+from ..registry import SuiteError
+from ..tracking import mask
+from .keys import parse_equivalence
 
 LEVEL_TAG = "rnnsuite.level"
 PAGE = 5000  # runs per search_runs page
@@ -60,7 +60,7 @@ class SweepData:
 def check_tracking(uri: str) -> None:
     """Refuse a missing SQLite file (MLflow would create an empty one) or an unreachable server or database
     (one short probe by tracking.check_tracking: MLflow's own client retries for minutes)."""
-    from . import tracking
+    from .. import tracking
 
     if urlsplit(uri).scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
@@ -107,7 +107,7 @@ def find_parent(client, name: str, uri: str):
 def choose_storage(flag: str | None, parent) -> str:
     """--storage, else $RNNSUITE_STORAGE, else where the sweep says it stored its studies (when that is a
     local path or an unmasked URL that exists here), else the embedded journal."""
-    from .storage import is_journal, storage_url
+    from ..storage import is_journal, storage_url
 
     if flag or os.environ.get("RNNSUITE_STORAGE"):
         return storage_url(flag)
@@ -121,7 +121,7 @@ def choose_storage(flag: str | None, parent) -> str:
 
 
 def open_optuna(url: str):
-    from .storage import open_storage
+    from ..storage import open_storage
 
     return open_storage(url, create=False)
 
@@ -244,7 +244,7 @@ def rebuild_task(runs: pd.DataFrame, task_label: str):
     """The Task of the sweep from a trial run's task.* params (typed back by YAML), else from its label."""
     import yaml
 
-    from . import tasks
+    from .. import tasks
 
     if len(runs):
         row = runs.iloc[0]
@@ -336,7 +336,7 @@ def _diverged(runs: pd.DataFrame) -> pd.Series:
 def sweep_name(name_or_file: str) -> str:
     """NAME, or the `name:` of a sweep file when NAME looks like one (a .yaml path)."""
     if name_or_file.endswith((".yaml", ".yml")) or "/" in name_or_file or Path(name_or_file).is_file():
-        from .sweep import load_sweep
+        from ..sweep import load_sweep
 
         return load_sweep(name_or_file).name
     return name_or_file
@@ -344,7 +344,7 @@ def sweep_name(name_or_file: str) -> str:
 
 def load(name: str, storage_flag: str | None, tracking_uri: str | None) -> SweepData:
     """Check the stores, find the sweep and read everything the report needs. Writes nothing."""
-    from .tracking import resolve_tracking_uri
+    from ..tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow_client(uri)

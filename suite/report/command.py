@@ -1,36 +1,25 @@
-"""``rnnsuite report NAME``: a sweep's MLflow runs and Optuna studies -> one comparison report.
-
-Writes to DIR (default reports/NAME): ``index.html`` (self-contained: figures inlined, no network), ``report.md``
-with its PNG figures beside it, and a CSV of every table and figure, so each figure can be redrawn elsewhere. The
-same files are logged under ``report/`` in the sweep's parent MLflow run. The page opens with its conclusion —
-a winner only where one cell beats every other, else which cells are not separated and how many seeds would
-separate them — each sentence a claim generated from the tables (``claims.json``, recomputed from the CSVs by
-:mod:`.report_check`), then the sections 1-7 and the caveats.
-
-Modules: :mod:`.report_data` reads; :mod:`.report_tables`, :mod:`.report_scale`, :mod:`.report_verdicts`,
-:mod:`.report_evidence` and :mod:`.report_gates` compute; :mod:`.report_claims` states; :mod:`.report_figures` and
-:mod:`.report_plots` draw; :mod:`.report_render` renders; :mod:`.report_provenance` writes section 7 and the
-caveats; :mod:`.report_synth` makes synthetic sweeps for the scale benchmark and tests.
-"""
+"""``rnnsuite report NAME`` (and ``--from FILE``): read, analyse, draw, render, write and log one report."""
 from __future__ import annotations
 
 import sys
-import time
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .registry import SuiteError
-from .report_data import SweepData, load, sweep_name
-from .report_design import design_figure, design_table
-from .report_figures import all_figures
-from .report_claims import build_claims, write_claims
-from .report_gates import RULE, gate_claim
-from .report_provenance import ARTIFACT_PATH, caveats_section, fairness_section, shown_store, task_title
-from .report_render import Box, Document, FigureBlock, Heading, Items, Para, TableBlock, to_html, to_markdown
-from .report_stats import ALPHA
-from .report_tables import DEFAULT_REFERENCE, Analysis, analyse, fmt, label
-from .report_verdicts import scale_sentence, standing
-from .tracking import command_line, mask
+from ..archive.command import import_archive
+from ..registry import SuiteError
+from ..tracking import command_line, mask
+from .claims import build_claims, write_claims
+from .data import SweepData, load, sweep_name
+from .design import design_figure, design_table
+from .figures import all_figures
+from .gates import RULE, gate_claim
+from .provenance import ARTIFACT_PATH, caveats_section, fairness_section, shown_store, task_title
+from .render import Box, Document, FigureBlock, Heading, Items, Para, TableBlock, to_html, to_markdown
+from .stats import ALPHA
+from .tables import DEFAULT_REFERENCE, Analysis, analyse, fmt, label
+from .verdicts import scale_sentence, standing
+
 CSV_HELP = {
     "leaderboard": "one row per cell (confirmed configuration): raw mean and 95% CI half-width, the analysis "
                    "scale's centre and interval (<metric>_center/_lo/_hi), every seed's value (<metric>_seeds), "
@@ -58,8 +47,6 @@ CSV_HELP = {
 def run_report(args) -> int:
     """The CLI entry point: build the report, print where it is; SuiteErrors become one line and exit 2."""
     if getattr(args, "source", None):
-        from .archive.command import report_from
-
         report_from(args, _command(args))
         return 0
     if not args.name:
@@ -73,6 +60,27 @@ def run_report(args) -> int:
     print(f"report {name}: {out / 'index.html'} and {out / 'report.md'} ({result['figures']} figures, "
           f"{result['csvs']} CSVs); logged to MLflow run {result['parent_run_id']} under {ARTIFACT_PATH}/")
     return 0
+
+
+def report_from(args, command: str) -> dict:
+    """The report of the sweep in an archive, built in a throw-away embedded store (the user's stores are not
+    touched), so that it is the same report, CSV for CSV, as the one from the stores the archive came from."""
+    if args.storage or args.tracking_uri:
+        raise SuiteError("report --from reads the archive alone; leave out --storage and --tracking-uri")
+    with tempfile.TemporaryDirectory(prefix="rnnsuite-report-from-") as tmp:
+        storage, tracking = str(Path(tmp) / "optuna.journal"), f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        got = import_archive(args.source, storage=storage, tracking_uri=tracking)
+        name = got["name"]
+        if args.name and args.name != name:
+            raise SuiteError(f"{args.source} holds sweep {name!r}, not {args.name!r}")
+        out = Path(args.output) if args.output else Path("reports") / name
+        result = build_report(name, out, storage=storage, tracking_uri=tracking,
+                              reference=args.reference or DEFAULT_REFERENCE, command=command, log_artifacts=False,
+                              archive=Path(args.source).name)
+    print(result["status_line"])
+    print(f"report {name} (from {args.source}): {out / 'index.html'} and {out / 'report.md'} "
+          f"({result['figures']} figures, {result['csvs']} CSVs)", file=sys.stdout)
+    return result
 
 
 def _command(args) -> str:
@@ -109,7 +117,7 @@ def build_report(name: str, out: Path, *, storage: str | None = None, tracking_u
 
 
 def _log(data: SweepData, files: list[Path], run_id: str) -> None:
-    import mlflow
+    import mlflow  # heavy: deferred for the CLI's start-up, as in .data
 
     client = mlflow.MlflowClient(data.tracking_uri)
     try:
@@ -315,30 +323,3 @@ def _design_section(doc: Document, an: Analysis, figures: dict) -> None:
                                             "or has not run it yet."))
     if figures.get("design") is not None:
         doc.add(FigureBlock(figures["design"]))
-
-
-# ---------------------------------------------------------------------------------------------- scale benchmark
-def scale_benchmark(n_runs: int = 1000, workdir: str | Path | None = None, cells: int = 10) -> dict:
-    """Seconds to build a report over `n_runs` synthetic trial runs (parent, study and trial runs with realistic
-    metric histories and profile artifacts in a fresh SQLite MLflow store; Optuna studies in a journal).
-
-    Writing the synthetic sweep is not timed; reading, analysing, drawing, rendering, writing and logging the
-    report is. Returns {"seconds", "runs", "cells", "write_seconds", "output"}.
-    """
-    import tempfile
-
-    from .report_synth import write_synthetic_sweep
-
-    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="rnnsuite-report-bench-"))
-    start = time.perf_counter()
-    made = write_synthetic_sweep(root, n_runs=n_runs, n_cells=cells)
-    written = time.perf_counter() - start
-    start = time.perf_counter()
-    build_report(made["name"], root / "report", storage=made["storage"], tracking_uri=made["tracking_uri"])
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "runs": made["runs"], "cells": len(made["cells"]), "write_seconds": written,
-            "output": str(root / "report")}
-
-
-if __name__ == "__main__":  # python -m suite.report N: the scale benchmark alone
-    print(scale_benchmark(int(sys.argv[1]) if len(sys.argv) > 1 else 1000))

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from .report_tables import Analysis, Table, fmt
+from .tables import Analysis, Table, fmt
 
 MIN_IMPORTANCE_TRIALS = 5  # completed trials below which hyperparameter importance is noise, not signal
 

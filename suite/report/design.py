@@ -10,8 +10,8 @@ import math
 
 import pandas as pd
 
-from .report_figures import Figure, png_bytes, pyplot
-from .report_tables import Analysis, Table, fmt
+from .figures import Figure, png_bytes, pyplot
+from .tables import Analysis, Table, fmt
 
 DESIGN_ATTR = "design_point"
 

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .report_figures import STEP, Figure, baseline_line, colors, log_if_positive, png_bytes, pyplot
-from .report_tables import Analysis, label
+from .figures import STEP, Figure, baseline_line, colors, log_if_positive, png_bytes, pyplot
+from .tables import Analysis, label
 
 SMALL_MULTIPLES = 5  # more cells than this: one panel per cell
 VERDICT_COLORS = {"better": "#009E73", "worse": "#D55E00", "equivalent": "#56B4E9", "inconclusive": "#E6E6E6",
@@ -158,7 +158,7 @@ def strip_plot(an: Analysis) -> Figure | None:
 
 # ---------------------------------------------------------------------------------------------- verdict matrix
 def verdict_matrix_figure(an: Analysis) -> Figure | None:
-    from .report_verdicts import verdict_matrix
+    from .verdicts import verdict_matrix
 
     if "pairs" not in an.tables or an.tables["pairs"].raw.empty:
         return None
@@ -195,7 +195,7 @@ def verdict_matrix_figure(an: Analysis) -> Figure | None:
 # ---------------------------------------------------------------------------------------------- gate histogram
 def gate_histograms(an: Analysis) -> Figure | None:
     """Histogram of the state-keeping gate's activations (layer 0) per cell, before and after training."""
-    from .report_gates import keep_gate
+    from .gates import keep_gate
 
     h = an.frames.get("gate_hist")
     if h is None or h.empty:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report_render import Code, Document, Heading, Items, Para, TableBlock
-from .report_tables import Analysis, Table, fmt
-from .tracking import mask, runs_dir
+from ..tracking import mask, runs_dir
+from .render import Code, Document, Heading, Items, Para, TableBlock
+from .tables import Analysis, Table, fmt
 
 ARTIFACT_PATH = "report"
 PACKAGES = ("rnnsuite", "torch", "lightning", "mlflow", "optuna", "optuna-integration", "numpy", "pandas", "scipy",
@@ -177,7 +177,7 @@ def _json(value) -> str:
 def commands(an: Analysis, command: str, sweep_file: str | None) -> list[str]:
     """The sweep's command as it recorded it (tag rnnsuite.command), else rebuilt from its file and stores (a
     sweep run before the tag existed, said so)."""
-    from .config import SWEEPS_DIR
+    from ..config import SWEEPS_DIR
 
     d = an.data
     flags = f" --storage {shlex.quote(shown_store(d.storage_url))} --tracking-uri " \

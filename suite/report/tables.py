@@ -5,8 +5,8 @@ so the HTML, the Markdown and the CSVs cannot disagree. What a cell scores is th
 confirmed configuration (the top-k configuration of its search whose confirmation runs did best on the
 validation metric), with a Student-t interval (Greff et al. 2017; Melis et al. 2018 re-train the best
 configuration with several seeds in the same way). The other tables are built by their own modules: verdicts
-(:mod:`.report_verdicts`), per-seed evidence (:mod:`.report_evidence`), gates (:mod:`.report_gates`), tuning
-(:mod:`.report_tuning`), fairness (:mod:`.report_provenance`).
+(:mod:`.verdicts`), per-seed evidence (:mod:`.evidence`), gates (:mod:`.gates`), tuning
+(:mod:`.tuning`), fairness (:mod:`.provenance`).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .registry import SuiteError
-from .report_data import SweepData, original_run_id
-from .report_keys import DEFAULT_EQUIVALENCE
-from .report_stats import t_interval
+from ..registry import SuiteError
+from .data import SweepData, original_run_id
+from .keys import DEFAULT_EQUIVALENCE
+from .stats import t_interval
 
 DEFAULT_REFERENCE = "gru"  # the seed article's full GRU: what its simplified cell is measured against
 QUALITATIVE = "qualitative result"
@@ -128,12 +128,12 @@ def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "we
         an.primary = test_metric
     an.samples = {c: an.confirmed.loc[an.confirmed["cell"] == c, an.col(an.primary)].dropna().tolist()
                   if len(an.confirmed) else [] for c in cells}
-    from .report_evidence import add_evidence, seed_values
-    from .report_gates import chrono_split, gate_hist_frame, gates
-    from .report_scale import scale_for
-    from .report_provenance import fairness
-    from .report_tuning import importance, trials_table
-    from .report_verdicts import pairs, significance
+    from .evidence import add_evidence, seed_values
+    from .gates import chrono_split, gate_hist_frame, gates
+    from .scale import scale_for
+    from .provenance import fairness
+    from .tuning import importance, trials_table
+    from .verdicts import pairs, significance
 
     an.scale = scale_for(an.primary, _n_eval(data.runs))
     an.margin = tuple(data.spec.get("equivalence") or DEFAULT_EQUIVALENCE)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .report_tables import Analysis, label
+from .tables import Analysis, label
 
 DPI = 100  # figures stay under ~150 kB each; the HTML inlines them all
 STEP = "training step (optimizer updates)"
@@ -262,7 +262,7 @@ def importance_figure(an: Analysis) -> Figure | None:
 
 
 def all_figures(an: Analysis) -> dict[str, Figure | None]:
-    from .report_plots import gate_histograms, learning_curves, strip_plot, verdict_matrix_figure
+    from .plots import gate_histograms, learning_curves, strip_plot, verdict_matrix_figure
 
     return {"curves": learning_curves(an), "gradient": gradient_flow(an), "gates": gate_use(an),
             "importance": importance_figure(an), "tuning": tuning(an), "strip": strip_plot(an),
