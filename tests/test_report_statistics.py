@@ -196,7 +196,7 @@ def test_store_paths_are_shown_relative_to_rnnsuite_home(tmp_path, monkeypatch):
 
 
 def test_an_underflowed_gradient_profile_is_said_and_drawn(monkeypatch):
-    from suite.report.command import underflow_note
+    from suite.report.document import underflow_note
     from suite.report.figures import gradient_flow
 
     prof = pd.DataFrame({"cell": ["rnn_tanh"] * 6, "when": ["end"] * 6, "state": ["h"] * 6, "t": range(6),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..registry import SuiteError
 from ..tracking import mask, runs_dir
 from . import restore
 from .fmt import read_archive

@@ -27,7 +27,7 @@ from __future__ import annotations
 from importlib import import_module
 
 _PUBLIC = {  # name -> the module that defines it
-    "build_report": "command", "run_report": "command", "analyse": "tables", "check_claims": "check",
+    "build_report": "command", "run_report": "command", "analyse": "analysis", "check_claims": "check",
     "DEFAULT_REFERENCE": "tables",
 }
 __all__ = sorted(_PUBLIC)

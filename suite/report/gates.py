@@ -28,7 +28,7 @@ COLUMNS = ["cell", "layer", "gate", "keep_gate", "saturation_start", "saturation
 
 def keep_gate(cell: str) -> str | None:
     """The gate that keeps the state (GRU z, the seed's Γu in sgru, LSTM f), from the cell's class."""
-    from .. import cells
+    from .. import cells  # imports torch: deferred, so that the claims check (.check) starts fast
 
     try:
         kg = getattr(cells.CELLS.get(cell).builder, "keep_gate", None)
