@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -77,6 +80,27 @@ def test_every_claim_is_recomputed_from_the_csvs(edited, tmp_path):
     board.loc[i, "test_mse_seeds"] = "1:0.5;2:0.6;3:0.7"
     board.to_csv(copy / "leaderboard.csv", index=False)
     assert any("standing" in p or "reference" in p for p in check_claims(copy))
+
+
+def test_the_check_runs_from_the_command_line_under_both_names(tmp_path):
+    """`python -m suite.report.check DIR` (docs/reports.md) on the committed example, and the old name
+    `python -m suite.report_check` forwarding to it for one release (CHANGELOG.md); a changed claim exits 1."""
+    example = Path(__file__).resolve().parents[1] / "reports" / "example-adding"
+
+    def check(module: str, folder: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, str(folder)], capture_output=True, text=True,
+                              timeout=300)
+
+    new, old = check("suite.report.check", example), check("suite.report_check", example)
+    assert (new.returncode, new.stdout, new.stderr) == (0, "every claim recomputed from the CSVs\n", "")
+    assert (old.returncode, old.stdout) == (0, new.stdout) and "use python -m suite.report.check" in old.stderr
+    copy = tmp_path / "copy"
+    shutil.copytree(example, copy, ignore=shutil.ignore_patterns("*.png", "*.tar.gz", "*.html"))
+    claims = json.loads((copy / "claims.json").read_text())
+    claims["claims"][0]["numbers"]["center"] *= 1.01
+    (copy / "claims.json").write_text(json.dumps(claims))
+    bad = check("suite.report.check", copy)
+    assert bad.returncode == 1 and bad.stdout.startswith("claim standing: center ")
 
 
 def test_raw_and_log_scales_disagree_and_the_report_says_so(edited):
