@@ -3,7 +3,8 @@
 Writes to DIR (default reports/NAME): ``index.html`` (self-contained: figures inlined, no network), ``report.md``
 with its PNG figures beside it, a CSV of every table and figure (each figure can be redrawn elsewhere) and
 ``claims.json``, every sentence of the summary with its numbers, recomputed from the CSVs alone by
-``python -m suite.report.check DIR``.
+``python -m suite.report.check DIR``. The same files are logged under ``report/`` in the sweep's parent MLflow
+run.
 
 The modules form one layering, each importing only those before it (tests/test_report_layers.py checks it):
 

@@ -1,5 +1,9 @@
-"""The words of a report: its document (title, summary, sections 1-6, then section 7 and the caveats from
-:mod:`.provenance`, and the list of its files), from the analysis, its figures and its claims."""
+"""The words of a report: one document, rendered to HTML and Markdown by :mod:`.render`.
+
+The page opens with its conclusion — a winner only where one cell beats every other, else which cells are not
+separated and how many seeds would separate them — each sentence a claim generated from the tables
+(:mod:`.claims`), then the sections 1-6, section 7 and the caveats (:mod:`.provenance`), and the list of files.
+"""
 from __future__ import annotations
 
 from datetime import datetime, timezone
