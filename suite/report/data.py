@@ -3,7 +3,9 @@
 Every store is checked before it is opened, so an unknown sweep or an unreachable store is one line and nothing is
 written (no empty SQLite file, no journal). Only what a report needs is read: the final values of every trial run
 (one paged search), and metric histories and gradient-profile artifacts of the confirmation runs alone (a few per
-cell), so a report over a thousand trials reads in seconds.
+cell), so a report over a thousand trials reads in seconds. mlflow, optuna, the tasks (torch) and the sweep
+(lightning) are imported inside the functions that use them, so that importing this module (rnnsuite export does)
+stays fast.
 """
 from __future__ import annotations
 
@@ -213,7 +215,7 @@ def _count_epochs(runs: pd.DataFrame, task) -> None:
 
 def load_trials(storage, spec: dict, task_label: str, name: str):
     """Search and confirmation trials of every cell from Optuna; a study not created yet is empty."""
-    import optuna  # heavy: deferred like mlflow
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     known = {s.study_name for s in storage.get_all_studies()}
