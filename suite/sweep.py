@@ -56,7 +56,7 @@ from .lit import PrunedRun
 from .logger import interrupts_outside_database_code
 from .gpu import is_unrecoverable_cuda_error, release_cuda_memory, worker_devices
 from .registry import SuiteError
-from .report_keys import PARAM as REPORT_PARAM, check_report_block, equivalence_param
+from .report.keys import PARAM as REPORT_PARAM, check_report_block, equivalence_param
 from .search import (DEFAULT_MARGIN, DESIGN_ATTR, DESIGN_KINDS, MarginPruner, default_points, design_points,
                      distributions, first_point, make_sampler as _sampler_for, prune_rule)
 from .tracking import NOTE, RetryingClient, command_line, first_line, mask
@@ -101,7 +101,7 @@ class SweepSpec:
     description: str = ""
     task_label: str = ""  # the task part of study names
     pack: int = 1  # trials of one shape trained together in one step (1: one at a time)
-    report: dict = field(default_factory=dict)  # how its report judges (suite.report_keys): equivalence margin
+    report: dict = field(default_factory=dict)  # how its report judges (suite.report.keys): equivalence margin
     # cell -> {key: [choice values the cell refuses, with the reason]}: left out of that cell's search space
     refused: dict[str, dict[str, list[tuple[Any, str]]]] = field(default_factory=dict)
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from suite.report_stats import holm, t_interval, two_sample_test, welch_difference
-from suite.report_tables import fmt
+from suite.report.stats import holm, t_interval, two_sample_test, welch_difference
+from suite.report.tables import fmt
 
 SPEC = {
     "name": "rep",
@@ -256,7 +256,7 @@ def test_numbers_agree_with_the_csvs(report):
     best = board.iloc[0]
     assert f"{fmt(best['test_mse_center'])} ({fmt(best['test_mse_lo'], 3)}–{fmt(best['test_mse_hi'], 3)})" in summary
     assert " is best" not in summary.replace("No single cell is best", "")
-    from suite.report_check import check_claims
+    from suite.report.check import check_claims
 
     assert check_claims(out) == []
 
@@ -361,7 +361,7 @@ def test_holm_step_down():
 # ---------------------------------------------------------------------------------------------- partial sweeps
 def test_a_running_sweep_says_how_many_trials_are_done(tmp_path):
     from suite.report import build_report
-    from suite.report_synth import write_synthetic_sweep
+    from suite.report.synth import write_synthetic_sweep
 
     made = write_synthetic_sweep(tmp_path, n_runs=16, n_cells=2, name="midway", done=False)
     result = build_report("midway", tmp_path / "out", storage=made["storage"], tracking_uri=made["tracking_uri"])
@@ -374,7 +374,7 @@ def test_a_running_sweep_says_how_many_trials_are_done(tmp_path):
 
 
 def test_scale_benchmark_builds_a_report_over_synthetic_runs(tmp_path):
-    from suite.report import scale_benchmark
+    from suite.report.synth import scale_benchmark
 
     result = scale_benchmark(n_runs=20, workdir=tmp_path, cells=2)
     assert result["runs"] == 20 and result["cells"] == 2 and result["seconds"] > 0
@@ -436,7 +436,7 @@ def test_unreachable_stores_are_one_line(tmp_path, report):
 def test_an_infinite_gradient_decay_reads_back_as_infinite_and_prints_as_such(tmp_path):
     """No gradient reaching the first steps logs diag/grad_decay = -inf; MLflow's SQL store keeps it as
     -sys.float_info.max, which the report averaged and printed as a 309-digit number."""
-    from suite.report_data import search_frame
+    from suite.report.data import search_frame
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -457,7 +457,7 @@ def test_a_diverged_confirmation_seed_counts_as_not_solved(tmp_path):
     import mlflow
 
     from suite.report import build_report
-    from suite.report_synth import write_synthetic_sweep
+    from suite.report.synth import write_synthetic_sweep
 
     made = write_synthetic_sweep(tmp_path, n_runs=20, n_cells=2, name="div")
     client = mlflow.MlflowClient(made["tracking_uri"])

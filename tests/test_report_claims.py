@@ -1,4 +1,4 @@
-"""Reports built from synthetic sweeps (suite.report_synth) for issue 21: every claim of claims.json recomputed
+"""Reports built from synthetic sweeps (suite.report.synth) for issue 21: every claim of claims.json recomputed
 from the CSVs (and a tampered CSV caught), the raw and log scales disagreeing with the verdict following the log
 scale, a diverged seed counted and shown, gate ends and histograms (and an old sweep without them said to be
 "not recorded"), the sweep's recorded command, and no absolute local path in the page."""
@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,8 +17,8 @@ import pandas as pd
 import pytest
 
 from suite.report import build_report
-from suite.report_check import check_claims
-from suite.report_synth import STEPS, write_synthetic_sweep
+from suite.report.check import check_claims
+from suite.report.synth import STEPS, write_synthetic_sweep
 
 A = [1e-4, 2e-4, 1.5e-4]  # gru's test MSE per seed
 B = [2e-3, 5e-3, 1.5e-2]  # lstm's: a decade of spread; raw Welch p > 0.05, log Welch p < 0.05
@@ -77,6 +80,27 @@ def test_every_claim_is_recomputed_from_the_csvs(edited, tmp_path):
     board.loc[i, "test_mse_seeds"] = "1:0.5;2:0.6;3:0.7"
     board.to_csv(copy / "leaderboard.csv", index=False)
     assert any("standing" in p or "reference" in p for p in check_claims(copy))
+
+
+def test_the_check_runs_from_the_command_line_under_both_names(tmp_path):
+    """`python -m suite.report.check DIR` (docs/reports.md) on the committed example, and the old name
+    `python -m suite.report_check` forwarding to it for one release (CHANGELOG.md); a changed claim exits 1."""
+    example = Path(__file__).resolve().parents[1] / "reports" / "example-adding"
+
+    def check(module: str, folder: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, str(folder)], capture_output=True, text=True,
+                              timeout=300)
+
+    new, old = check("suite.report.check", example), check("suite.report_check", example)
+    assert (new.returncode, new.stdout, new.stderr) == (0, "every claim recomputed from the CSVs\n", "")
+    assert (old.returncode, old.stdout) == (0, new.stdout) and "use python -m suite.report.check" in old.stderr
+    copy = tmp_path / "copy"
+    shutil.copytree(example, copy, ignore=shutil.ignore_patterns("*.png", "*.tar.gz", "*.html"))
+    claims = json.loads((copy / "claims.json").read_text())
+    claims["claims"][0]["numbers"]["center"] *= 1.01
+    (copy / "claims.json").write_text(json.dumps(claims))
+    bad = check("suite.report.check", copy)
+    assert bad.returncode == 1 and bad.stdout.startswith("claim standing: center ")
 
 
 def test_raw_and_log_scales_disagree_and_the_report_says_so(edited):
@@ -158,7 +182,7 @@ def test_more_than_five_cells_get_one_curve_panel_each(tmp_path):
     md = (out / "report.md").read_text()
     assert "val MSE per cell (one panel each, shared axes)" in md
     assert check_claims(out) == []
-    from suite.report_figures import colors
+    from suite.report.figures import colors
 
     palette = colors(made["cells"])
     assert len(set(palette.values())) == 6  # a colour per cell, from a palette whose colours stay apart

@@ -15,12 +15,12 @@ import yaml
 from scipy import stats
 
 from suite.registry import SuiteError
-from suite.report_gates import chrono_split, claims as gate_claims
-from suite.report_keys import DEFAULT_EQUIVALENCE, check_report_block, parse_equivalence
-from suite.report_scale import compare, scale_for, seeds_needed, summarize
-from suite.report_stats import t_interval, welch_difference
-from suite.report_tables import Analysis
-from suite.report_verdicts import pairs, significance, standing
+from suite.report.gates import chrono_split, claims as gate_claims
+from suite.report.keys import DEFAULT_EQUIVALENCE, check_report_block, parse_equivalence
+from suite.report.scale import compare, scale_for, seeds_needed, summarize
+from suite.report.stats import t_interval, welch_difference
+from suite.report.tables import Analysis
+from suite.report.verdicts import pairs, significance, standing
 
 # a synthetic sweep where the raw and the log scale disagree: b's seeds spread over a decade
 A = [1e-4, 2e-4, 1.5e-4]
@@ -113,7 +113,7 @@ def test_a_winner_only_when_it_beats_every_other_cell():
     raw = an.tables["pairs"].raw
     assert len(raw) == 3 and set(raw["outcome"]) <= {"better", "worse", "equivalent", "inconclusive"}
     # one Holm family over all three pairs
-    from suite.report_stats import holm
+    from suite.report.stats import holm
 
     assert list(raw["p_scale_holm"]) == pytest.approx(holm(list(raw["p_scale"])))
 
@@ -185,7 +185,7 @@ def test_the_sweep_command_is_rebuilt_as_typed_with_secrets_masked():
 
 
 def test_store_paths_are_shown_relative_to_rnnsuite_home(tmp_path, monkeypatch):
-    from suite.report_provenance import shown_command, shown_store
+    from suite.report.provenance import shown_command, shown_store
 
     monkeypatch.setenv("RNNSUITE_HOME", str(tmp_path / "home"))
     assert shown_store(f"sqlite:///{tmp_path}/home/mlflow.db") == "sqlite:///$RNNSUITE_HOME/mlflow.db"
@@ -196,8 +196,8 @@ def test_store_paths_are_shown_relative_to_rnnsuite_home(tmp_path, monkeypatch):
 
 
 def test_an_underflowed_gradient_profile_is_said_and_drawn(monkeypatch):
-    from suite.report import underflow_note
-    from suite.report_figures import gradient_flow
+    from suite.report.document import underflow_note
+    from suite.report.figures import gradient_flow
 
     prof = pd.DataFrame({"cell": ["rnn_tanh"] * 6, "when": ["end"] * 6, "state": ["h"] * 6, "t": range(6),
                          "norm": [0.0, 0.0, 1e-30, 1e-10, 1e-3, 1e-2], "n": [3] * 6})

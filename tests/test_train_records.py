@@ -101,7 +101,7 @@ def test_solved_criterion_is_logged_with_the_run(short_run):
     assert data.tags["task.solved_rule"] == "val/mse < 0.00166667"
     assert float(data.params["task.baseline"]) == pytest.approx(1 / 6)
     # task.* params stay the task's options: the report rebuilds the task from them
-    from suite.report_data import rebuild_task
+    from suite.report.data import rebuild_task
 
     params = {f"params.{k}": v for k, v in data.params.items()}
     rebuilt, note = rebuild_task(pd.DataFrame([params]), "adding")

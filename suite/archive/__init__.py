@@ -7,6 +7,6 @@ CSV, so that pandas alone reads an archive (docs/archives.md).
 
 Modules: :mod:`.fmt` (the format: members, manifest, reading and validating), :mod:`.export` (stores ->
 archive), :mod:`.restore` (archive -> stores: new run ids remapped everywhere, idempotent, refusals),
-:mod:`.command` (the CLI commands and ``report --from``).
+:mod:`.command` (the CLI commands; ``report --from`` builds its report in :mod:`suite.report.command`).
 """
 from .fmt import FORMAT, FORMAT_VERSION, Archive, read_archive  # noqa: F401

@@ -1,11 +1,10 @@
-"""The commands: ``rnnsuite export``, ``rnnsuite import`` and ``rnnsuite report --from FILE``."""
+"""The commands ``rnnsuite export`` and ``rnnsuite import`` (``rnnsuite report --from FILE`` imports with
+:func:`import_archive` into throw-away stores: :mod:`suite.report.command`)."""
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-from ..registry import SuiteError
 from ..tracking import mask, runs_dir
 from . import restore
 from .fmt import read_archive
@@ -54,27 +53,3 @@ def run_import(args) -> int:
         print(f"sweep {got['name']} {got['status']}: {got['studies']} studies, {got['trials']} trials, "
               f"{got['runs']} MLflow runs into {where}")
     return 0
-
-
-def report_from(args, command: str) -> dict:
-    """The report of the sweep in an archive, built in a throw-away embedded store (the user's stores are not
-    touched), so that it is the same report, CSV for CSV, as the one from the stores the archive came from."""
-    from ..report import build_report
-    from ..report_tables import DEFAULT_REFERENCE
-
-    if args.storage or args.tracking_uri:
-        raise SuiteError("report --from reads the archive alone; leave out --storage and --tracking-uri")
-    with tempfile.TemporaryDirectory(prefix="rnnsuite-report-from-") as tmp:
-        storage, tracking = str(Path(tmp) / "optuna.journal"), f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        got = import_archive(args.source, storage=storage, tracking_uri=tracking)
-        name = got["name"]
-        if args.name and args.name != name:
-            raise SuiteError(f"{args.source} holds sweep {name!r}, not {args.name!r}")
-        out = Path(args.output) if args.output else Path("reports") / name
-        result = build_report(name, out, storage=storage, tracking_uri=tracking,
-                              reference=args.reference or DEFAULT_REFERENCE, command=command, log_artifacts=False,
-                              archive=Path(args.source).name)
-    print(result["status_line"])
-    print(f"report {name} (from {args.source}): {out / 'index.html'} and {out / 'report.md'} "
-          f"({result['figures']} figures, {result['csvs']} CSVs)", file=sys.stdout)
-    return result

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..registry import SuiteError
-from ..report_data import no_artifact_progress_bars
-from ..tracking import mask
+from ..report.data import (choose_storage, find_parent, mlflow_client, no_artifact_progress_bars, open_optuna,
+                           sweep_name)
+from ..tracking import mask, resolve_tracking_uri
 from . import fmt
 
 SOURCE_TAG = "rnnsuite.source_run_id"  # on an imported run: the id the run had where it was first logged
@@ -30,9 +31,6 @@ def origin_id(run) -> str:
 
 def export_sweep(name_or_file: str, out: str | Path, storage: str | None = None, tracking_uri: str | None = None,
                  with_checkpoints: bool = False) -> dict:
-    from ..report_data import choose_storage, find_parent, mlflow_client, open_optuna, sweep_name
-    from ..tracking import resolve_tracking_uri
-
     name = sweep_name(name_or_file)
     out = Path(out)
     if out.is_dir():

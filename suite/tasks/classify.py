@@ -165,7 +165,7 @@ class ClassificationTask(Task):
 
     def empirical_baseline(self) -> float:
         """The baseline's predictor (the training majority class) scored on the fixed test set; main's reports
-        (report_evidence.baselines) read it beside ``baseline``."""
+        (suite.report.evidence.baselines) read it beside ``baseline``."""
         return float((self.splits["test"].y == self.majority_class()).double().mean())
 
     def describe(self) -> str:

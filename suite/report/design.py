@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from matplotlib.colors import LogNorm, Normalize
 
-from .report_figures import Figure, png_bytes, pyplot
-from .report_tables import Analysis, Table, fmt
+from .figures import Figure, png_bytes, pyplot
+from .tables import Analysis, Table, fmt
 
 DESIGN_ATTR = "design_point"
 
@@ -81,8 +82,6 @@ def design_figure(an: Analysis) -> Figure | None:
     if table is None or table.raw.empty:
         return None
     plt = pyplot()
-    from matplotlib.colors import LogNorm, Normalize
-
     raw = table.raw
     points = sorted(raw["point"].unique())
     grid = pd.DataFrame(math.nan, index=an.cells, columns=points)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .report_tables import Analysis, label
+from .tables import Analysis, label
 
 DPI = 100  # figures stay under ~150 kB each; the HTML inlines them all
 STEP = "training step (optimizer updates)"
@@ -28,6 +28,8 @@ class Figure:
 
 
 def pyplot():
+    """matplotlib's pyplot on the Agg backend with the report's style; imported on first use, once the backend is
+    chosen (pyplot picks one on import)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,11 +261,3 @@ def importance_figure(an: Analysis) -> Figure | None:
     return Figure("importance.png", png_bytes(fig),
                   f"Hyperparameter importance per cell over its completed search trials, by {an.evaluator}.",
                   "hyperparameter importance bars", "importance.csv")
-
-
-def all_figures(an: Analysis) -> dict[str, Figure | None]:
-    from .report_plots import gate_histograms, learning_curves, strip_plot, verdict_matrix_figure
-
-    return {"curves": learning_curves(an), "gradient": gradient_flow(an), "gates": gate_use(an),
-            "importance": importance_figure(an), "tuning": tuning(an), "strip": strip_plot(an),
-            "matrix": verdict_matrix_figure(an), "gate_hist": gate_histograms(an)}

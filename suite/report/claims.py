@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .report_gates import RULE
-from .report_stats import ALPHA
-from .report_tables import Analysis, fmt, label, slug
-from .report_verdicts import seeds_text, standing
+from .gates import RULE
+from .stats import ALPHA
+from .tables import Analysis, fmt, label, slug
+from .verdicts import seeds_text, standing
 
 MAX_PAIRS = 12  # inconclusive pairs named in the summary; the rest are in pairs.csv
 

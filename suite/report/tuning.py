@@ -1,11 +1,13 @@
-"""Section 6 of a report, tuning: every search trial from Optuna and hyperparameter importance per cell."""
+"""The tables of sections 6 and 7 of a report: every search trial from Optuna, hyperparameter importance per cell,
+and the budget each cell got (fairness)."""
 from __future__ import annotations
 
 import math
 
 import pandas as pd
+from optuna.trial import TrialState
 
-from .report_tables import Analysis, Table, fmt
+from .tables import Analysis, Table, fmt
 
 MIN_IMPORTANCE_TRIALS = 5  # completed trials below which hyperparameter importance is noise, not signal
 
@@ -13,7 +15,7 @@ MIN_IMPORTANCE_TRIALS = 5  # completed trials below which hyperparameter importa
 def importance_evaluator():
     """fANOVA (Hutter et al. 2014), the evaluator of Greff et al. 2017, where scikit-learn is installed (MLflow
     requires it); else PED-ANOVA (Watanabe et al. 2023), Optuna 5's default. Seeded: a report is reproducible."""
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator  # heavy (scikit-learn)
 
     try:
         import sklearn  # noqa: F401
@@ -24,8 +26,7 @@ def importance_evaluator():
 
 def importance(an: Analysis) -> None:
     """Hyperparameter importance per cell over its completed search trials, or why it is not computed."""
-    from optuna.importance import get_param_importances
-    from optuna.trial import TrialState
+    from optuna.importance import get_param_importances  # heavy (scikit-learn): deferred like the evaluators
 
     evaluator, an.evaluator = importance_evaluator()
     rows = []
@@ -69,3 +70,32 @@ def trials_table(an: Analysis) -> Table:
     if raw.empty:
         raw = pd.DataFrame(columns=["cell", "trial", "state", "value", "best_so_far"])
     return Table("trials", raw, raw.astype(str))
+
+
+def fairness(an: Analysis) -> Table:
+    """Trials, runs, steps and training time per cell: the evidence that every cell got the same budget."""
+    runs = an.data.runs
+    rows = []
+    for cell in an.cells:
+        search = an.data.trials[cell]["search"]
+        mine = runs[runs["cell"] == cell] if len(runs) else runs
+        counted = mine[mine["status"].isin(["FINISHED", "FAILED"])] if len(mine) else mine
+        count = {s: sum(t.state == s for t in search) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                TrialState.FAIL, TrialState.RUNNING)}
+        confirm_runs = counted[counted["phase"] == "confirm"] if len(counted) else counted
+        rows.append({"cell": cell, "budget": an.data.spec["trials"], "complete": count[TrialState.COMPLETE],
+                     "pruned": count[TrialState.PRUNED], "failed_retried": count[TrialState.FAIL],
+                     "running": count[TrialState.RUNNING], "confirm_runs": len(confirm_runs),
+                     "confirm_planned": an.data.confirm_planned[cell],
+                     "steps_trained": float(counted["steps"].sum()) if len(counted) else 0.0,
+                     "train_s": float(counted["train_s"].sum()) if len(counted) else 0.0,
+                     "seeds": ",".join(str(int(s)) for s in sorted(confirm_runs["seed"].dropna().unique()))
+                     if len(confirm_runs) else ""})
+    raw = pd.DataFrame(rows)
+    display = pd.DataFrame([{"cell": r["cell"], "search trials (complete + pruned / budget)":
+                             f"{r['complete']} + {r['pruned']} / {r['budget']}",
+                             "failed and retried": fmt(r["failed_retried"]), "running": fmt(r["running"]),
+                             "confirmation runs": f"{r['confirm_runs']}/{fmt(r['confirm_planned'])}",
+                             "steps trained": fmt(r["steps_trained"]), "training seconds": fmt(r["train_s"]),
+                             "confirmation seeds": r["seeds"] or "—"} for _, r in raw.iterrows()])
+    return Table("fairness", raw, display)

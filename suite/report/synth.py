@@ -1,4 +1,5 @@
-"""Synthetic sweeps for the report's scale benchmark and tests: the runs and studies a real sweep leaves behind.
+"""Synthetic sweeps for the report's scale benchmark (``python -m suite.report N``) and the tests: the runs and
+studies a real sweep leaves behind. Benchmark and test support, not part of a report: no report module imports it.
 
 The same experiment layout as :mod:`suite.sweep` (a parent run, a study run per cell, a trial run per trial with
 the tags, params, metric histories and gradient-profile artifact that :func:`suite.train.run` logs) and the same
@@ -10,10 +11,21 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import optuna
+from mlflow.entities import Metric, Param
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState, create_trial
+
+from .. import cells
+from ..tracking import artifact_location
+from .command import build_report
 
 CELLS = ("gru", "lstm", "sgru", "mgu", "ugrnn", "janet", "mut1", "ligru", "mingru", "minlstm", "cifg", "gru1")
 SEEDS = (1, 2, 3)
@@ -23,8 +35,6 @@ BASELINE = 1 / 6
 
 
 def _gate_names(cell: str) -> tuple[str, ...]:
-    from . import cells
-
     return tuple(getattr(cells.CELLS.get(cell).builder, "gate_names", ()))
 
 
@@ -60,8 +70,6 @@ class _Model:
 
 def _metrics(cell: str, model: _Model, final: float, stop: int, now: int, legacy: bool = False):
     """Metric histories as train.run logs them, up to step `stop` (a pruned trial stops early)."""
-    from mlflow.entities import Metric
-
     rng = model.rng
     out = []
 
@@ -130,8 +138,6 @@ class _Writer:
         self.legacy = legacy  # write what sweeps logged before issue 21 (no gate ends, no histogram)
 
     def parent_runs(self, cells, trials: int, done: bool) -> tuple[str, dict]:
-        from mlflow.entities import Param
-
         c = self.client
         parent = c.create_run(self.exp, run_name=self.name, tags={
             "rnnsuite.level": "sweep", "rnnsuite.key": self.name, "sweep": self.name, "task": "adding",
@@ -157,8 +163,6 @@ class _Writer:
         return parent, studies
 
     def trial_run(self, cell, model, study_run, trial, phase, seed, lr, clip, final, stop, rank=None) -> str:
-        from mlflow.entities import Param
-
         c = self.client
         study = f"{self.name}/adding/{cell}" + ("/confirm" if phase == "confirm" else "")
         tags = {"rnnsuite.level": "trial", "sweep": self.name, "task": "adding", "cell": cell, "study": study,
@@ -189,10 +193,6 @@ def write_synthetic_sweep(root: str | Path, n_runs: int = 1000, n_cells: int = 1
     legacy=True writes what sweeps logged before issue 21: no gates/*/near0|near1, no gate_hist.csv.
     Returns {"name", "storage", "tracking_uri", "runs", "cells"}.
     """
-    import mlflow
-
-    from .tracking import artifact_location
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     cells = list(CELLS[:n_cells])
@@ -217,11 +217,6 @@ def write_synthetic_sweep(root: str | Path, n_runs: int = 1000, n_cells: int = 1
 def _write_cell(writer: _Writer, storage_path: str, cell: str, model: _Model, study_run: str, trials: int,
                 done: bool) -> int:
     """Search trials (some pruned), then the best configuration re-run with every seed; Optuna and MLflow both."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-    from optuna.trial import TrialState, create_trial
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(storage_path))
     dists = {"optim.lr": FloatDistribution(1e-4, 1e-1, log=True), "optim.clip": CategoricalDistribution([1.0, 5.0])}
@@ -260,3 +255,22 @@ def _write_cell(writer: _Writer, storage_path: str, cell: str, model: _Model, st
         confirm.add_trial(create_trial(value=value, params={}, distributions={}, user_attrs={
             "config": config, "seed": seed, "rank": 0, "source_trial": best[1], "mlflow_run_id": run_id}))
     return count + len(SEEDS)
+
+
+# ---------------------------------------------------------------------------------------------- scale benchmark
+def scale_benchmark(n_runs: int = 1000, workdir: str | Path | None = None, cells: int = 10) -> dict:
+    """Seconds to build a report over `n_runs` synthetic trial runs (parent, study and trial runs with realistic
+    metric histories and profile artifacts in a fresh SQLite MLflow store; Optuna studies in a journal).
+
+    Writing the synthetic sweep is not timed; reading, analysing, drawing, rendering, writing and logging the
+    report is. Returns {"seconds", "runs", "cells", "write_seconds", "output"}.
+    """
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="rnnsuite-report-bench-"))
+    start = time.perf_counter()
+    made = write_synthetic_sweep(root, n_runs=n_runs, n_cells=cells)
+    written = time.perf_counter() - start
+    start = time.perf_counter()
+    build_report(made["name"], root / "report", storage=made["storage"], tracking_uri=made["tracking_uri"])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "runs": made["runs"], "cells": len(made["cells"]), "write_seconds": written,
+            "output": str(root / "report")}

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .report_figures import Figure
-from .report_tables import Table
+from .figures import Figure
+from .tables import Table
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .registry import SuiteError
+from ..registry import SuiteError
 
 DEFAULT_EQUIVALENCE = (0.8, 1.25)  # the bioequivalence margin (FDA 2001): a 20% change either way, symmetric in logs
 REPORT_KEYS = ("equivalence",)

@@ -2,7 +2,7 @@
 inconclusive, against the reference (the significance table) and between all pairs of cells (pairs.csv, the
 matrix figure), each family Holm-corrected; a single winner only where one cell beats every other.
 
-Rule, on the metric's analysis scale (:mod:`.report_scale`): better or worse when Welch's test is significant
+Rule, on the metric's analysis scale (:mod:`.scale`): better or worse when Welch's test is significant
 after Holm's correction (α = 0.05), the sign and the direction of the objective saying which; otherwise
 equivalent when the two one-sided tests put the ratio inside the margin (Holm-corrected too); otherwise
 inconclusive, with the seeds per cell the observed spread implies a 2x difference would need at 80% power.
@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .report_scale import compare, seeds_needed, summarize
-from .report_stats import ALPHA, holm, two_sample_test, welch_difference
-from .report_tables import Analysis, Table, fmt, label, pm
+from .scale import compare, seeds_needed, summarize
+from .stats import ALPHA, holm, two_sample_test, welch_difference
+from .tables import Analysis, Table, fmt, label, pm
 
 OUTCOMES = ("better", "worse", "equivalent", "inconclusive", "not testable")
 

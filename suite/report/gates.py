@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from .report_tables import Analysis, Table, fmt
+from .tables import Analysis, Table, fmt
 
 MOSTLY = 0.5  # "mostly": more than half of the activations
 BOTH_ENDS = 0.1  # "both ends used": each end holds at least this fraction
@@ -28,7 +28,7 @@ COLUMNS = ["cell", "layer", "gate", "keep_gate", "saturation_start", "saturation
 
 def keep_gate(cell: str) -> str | None:
     """The gate that keeps the state (GRU z, the seed's Γu in sgru, LSTM f), from the cell's class."""
-    from . import cells
+    from .. import cells  # imports torch: deferred, so that the claims check (.check) starts fast
 
     try:
         kg = getattr(cells.CELLS.get(cell).builder, "keep_gate", None)

@@ -4,17 +4,17 @@ absolute local paths.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
-
-from .report_render import Code, Document, Heading, Items, Para, TableBlock
-from .report_tables import Analysis, Table, fmt
-from .tracking import mask, runs_dir
+from ..config import SWEEPS_DIR
+from ..tracking import mask, runs_dir
+from .render import Code, Document, Heading, Items, Para, TableBlock
+from .tables import Analysis
 
 ARTIFACT_PATH = "report"
 PACKAGES = ("rnnsuite", "torch", "lightning", "mlflow", "optuna", "optuna-integration", "numpy", "pandas", "scipy",
@@ -54,37 +54,6 @@ def shown_command(command: str) -> str:
     except ValueError:
         return mask(command)
     return shlex.join(shown_store(p) if p.startswith(("/", "sqlite:///")) else mask(p) for p in parts)
-
-
-def fairness(an: Analysis) -> Table:
-    """Trials, runs, steps and training time per cell: the evidence that every cell got the same budget."""
-    from optuna.trial import TrialState
-
-    runs = an.data.runs
-    rows = []
-    for cell in an.cells:
-        search = an.data.trials[cell]["search"]
-        mine = runs[runs["cell"] == cell] if len(runs) else runs
-        counted = mine[mine["status"].isin(["FINISHED", "FAILED"])] if len(mine) else mine
-        count = {s: sum(t.state == s for t in search) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                TrialState.FAIL, TrialState.RUNNING)}
-        confirm_runs = counted[counted["phase"] == "confirm"] if len(counted) else counted
-        rows.append({"cell": cell, "budget": an.data.spec["trials"], "complete": count[TrialState.COMPLETE],
-                     "pruned": count[TrialState.PRUNED], "failed_retried": count[TrialState.FAIL],
-                     "running": count[TrialState.RUNNING], "confirm_runs": len(confirm_runs),
-                     "confirm_planned": an.data.confirm_planned[cell],
-                     "steps_trained": float(counted["steps"].sum()) if len(counted) else 0.0,
-                     "train_s": float(counted["train_s"].sum()) if len(counted) else 0.0,
-                     "seeds": ",".join(str(int(s)) for s in sorted(confirm_runs["seed"].dropna().unique()))
-                     if len(confirm_runs) else ""})
-    raw = pd.DataFrame(rows)
-    display = pd.DataFrame([{"cell": r["cell"], "search trials (complete + pruned / budget)":
-                             f"{r['complete']} + {r['pruned']} / {r['budget']}",
-                             "failed and retried": fmt(r["failed_retried"]), "running": fmt(r["running"]),
-                             "confirmation runs": f"{r['confirm_runs']}/{fmt(r['confirm_planned'])}",
-                             "steps trained": fmt(r["steps_trained"]), "training seconds": fmt(r["train_s"]),
-                             "confirmation seeds": r["seeds"] or "—"} for _, r in raw.iterrows()])
-    return Table("fairness", raw, display)
 
 
 def fairness_section(doc: Document, an: Analysis, command: str, sweep_file: str | None) -> None:
@@ -169,16 +138,12 @@ def _search_seeds(an: Analysis) -> str:
 
 
 def _json(value) -> str:
-    import json
-
     return json.dumps(value, separators=(", ", ": "))
 
 
 def commands(an: Analysis, command: str, sweep_file: str | None) -> list[str]:
     """The sweep's command as it recorded it (tag rnnsuite.command), else rebuilt from its file and stores (a
     sweep run before the tag existed, said so)."""
-    from .config import SWEEPS_DIR
-
     d = an.data
     flags = f" --storage {shlex.quote(shown_store(d.storage_url))} --tracking-uri " \
             f"{shlex.quote(shown_store(d.tracking_uri))}"

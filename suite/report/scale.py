@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
-from .report_stats import LEVEL, finite
+from .stats import LEVEL, finite
 
 POWER = 0.8  # the power asked of a future experiment
 EFFECT = 2.0  # the difference it should separate: a factor of 2 (ratio, or odds ratio for accuracy)

@@ -3,7 +3,9 @@
 Every store is checked before it is opened, so an unknown sweep or an unreachable store is one line and nothing is
 written (no empty SQLite file, no journal). Only what a report needs is read: the final values of every trial run
 (one paged search), and metric histories and gradient-profile artifacts of the confirmation runs alone (a few per
-cell), so a report over a thousand trials reads in seconds.
+cell), so a report over a thousand trials reads in seconds. mlflow, optuna, the tasks (torch) and the sweep
+(lightning) are imported inside the functions that use them, so that importing this module (rnnsuite export does)
+stays fast.
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
+import yaml
 
-from .registry import SuiteError
-from .report_keys import parse_equivalence
-from .tracking import mask
+from .. import tracking
+from ..registry import SuiteError
+from ..storage import is_journal, open_storage, storage_url
+from ..tracking import mask, resolve_tracking_uri
+from .keys import parse_equivalence
 
 LEVEL_TAG = "rnnsuite.level"
 PAGE = 5000  # runs per search_runs page
@@ -60,8 +65,6 @@ class SweepData:
 def check_tracking(uri: str) -> None:
     """Refuse a missing SQLite file (MLflow would create an empty one) or an unreachable server or database
     (one short probe by tracking.check_tracking: MLflow's own client retries for minutes)."""
-    from . import tracking
-
     if urlsplit(uri).scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
         if not path.is_file():
@@ -71,7 +74,7 @@ def check_tracking(uri: str) -> None:
 
 
 def mlflow_client(uri: str):
-    import mlflow
+    import mlflow  # heavy: deferred, so that importing the report (or rnnsuite export) starts fast
 
     check_tracking(uri)
     try:
@@ -107,8 +110,6 @@ def find_parent(client, name: str, uri: str):
 def choose_storage(flag: str | None, parent) -> str:
     """--storage, else $RNNSUITE_STORAGE, else where the sweep says it stored its studies (when that is a
     local path or an unmasked URL that exists here), else the embedded journal."""
-    from .storage import is_journal, storage_url
-
     if flag or os.environ.get("RNNSUITE_STORAGE"):
         return storage_url(flag)
     recorded = parent.data.params.get("storage", "")
@@ -121,8 +122,6 @@ def choose_storage(flag: str | None, parent) -> str:
 
 
 def open_optuna(url: str):
-    from .storage import open_storage
-
     return open_storage(url, create=False)
 
 
@@ -242,9 +241,7 @@ def load_trials(storage, spec: dict, task_label: str, name: str):
 
 def rebuild_task(runs: pd.DataFrame, task_label: str):
     """The Task of the sweep from a trial run's task.* params (typed back by YAML), else from its label."""
-    import yaml
-
-    from . import tasks
+    from .. import tasks  # imports torch (every task builds tensors): deferred for start-up
 
     if len(runs):
         row = runs.iloc[0]
@@ -336,7 +333,7 @@ def _diverged(runs: pd.DataFrame) -> pd.Series:
 def sweep_name(name_or_file: str) -> str:
     """NAME, or the `name:` of a sweep file when NAME looks like one (a .yaml path)."""
     if name_or_file.endswith((".yaml", ".yml")) or "/" in name_or_file or Path(name_or_file).is_file():
-        from .sweep import load_sweep
+        from ..sweep import load_sweep  # imports lightning and torch: deferred for start-up
 
         return load_sweep(name_or_file).name
     return name_or_file
@@ -344,8 +341,6 @@ def sweep_name(name_or_file: str) -> str:
 
 def load(name: str, storage_flag: str | None, tracking_uri: str | None) -> SweepData:
     """Check the stores, find the sweep and read everything the report needs. Writes nothing."""
-    from .tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow_client(uri)
     experiment_id, parent = find_parent(client, name, uri)

@@ -9,9 +9,14 @@ import math
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgb
+from matplotlib.patches import Patch
 
-from .report_figures import STEP, Figure, baseline_line, colors, log_if_positive, png_bytes, pyplot
-from .report_tables import Analysis, label
+from .figures import (STEP, Figure, baseline_line, colors, gate_use, gradient_flow, importance_figure,
+                      log_if_positive, png_bytes, pyplot, tuning)
+from .gates import keep_gate
+from .tables import Analysis, label
+from .verdicts import verdict_matrix
 
 SMALL_MULTIPLES = 5  # more cells than this: one panel per cell
 VERDICT_COLORS = {"better": "#009E73", "worse": "#D55E00", "equivalent": "#56B4E9", "inconclusive": "#E6E6E6",
@@ -158,15 +163,10 @@ def strip_plot(an: Analysis) -> Figure | None:
 
 # ---------------------------------------------------------------------------------------------- verdict matrix
 def verdict_matrix_figure(an: Analysis) -> Figure | None:
-    from .report_verdicts import verdict_matrix
-
     if "pairs" not in an.tables or an.tables["pairs"].raw.empty:
         return None
     m = verdict_matrix(an)
     plt = pyplot()
-    from matplotlib.colors import to_rgb
-    from matplotlib.patches import Patch
-
     k = len(m)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k + 2.2, 0.8 + 0.55 * k))
     img = np.ones((k, k, 3))
@@ -195,8 +195,6 @@ def verdict_matrix_figure(an: Analysis) -> Figure | None:
 # ---------------------------------------------------------------------------------------------- gate histogram
 def gate_histograms(an: Analysis) -> Figure | None:
     """Histogram of the state-keeping gate's activations (layer 0) per cell, before and after training."""
-    from .report_gates import keep_gate
-
     h = an.frames.get("gate_hist")
     if h is None or h.empty:
         return None
@@ -231,3 +229,10 @@ def gate_histograms(an: Analysis) -> Figure | None:
                   "Histogram of the state-keeping gate's activations (layer 0, diagnostic batch, 10 equal bins, mean "
                   "over seeds) before and after training; dotted: 0.1 and 0.9, the near-0 and near-1 edges.",
                   "gate activation histograms", "gate_hist.csv")
+
+
+def all_figures(an: Analysis) -> dict[str, Figure | None]:
+    """Every figure of the report but the design points' (:mod:`.design`), None where there is nothing to draw."""
+    return {"curves": learning_curves(an), "gradient": gradient_flow(an), "gates": gate_use(an),
+            "importance": importance_figure(an), "tuning": tuning(an), "strip": strip_plot(an),
+            "matrix": verdict_matrix_figure(an), "gate_hist": gate_histograms(an)}

@@ -1,12 +1,13 @@
-"""The numbers of a comparison report, as pandas tables: the analysis, the leaderboard, runs and figure frames.
+"""The numbers of a comparison report, as pandas tables: the records (Table, Analysis), the one display format,
+the leaderboard, the runs and the figure frames.
 
 Every table keeps raw values (written to CSV as they are) and gets its display strings from :func:`fmt` alone,
 so the HTML, the Markdown and the CSVs cannot disagree. What a cell scores is the mean over the seeds of its
 confirmed configuration (the top-k configuration of its search whose confirmation runs did best on the
 validation metric), with a Student-t interval (Greff et al. 2017; Melis et al. 2018 re-train the best
 configuration with several seeds in the same way). The other tables are built by their own modules: verdicts
-(:mod:`.report_verdicts`), per-seed evidence (:mod:`.report_evidence`), gates (:mod:`.report_gates`), tuning
-(:mod:`.report_tuning`), fairness (:mod:`.report_provenance`).
+(:mod:`.verdicts`), per-seed evidence (:mod:`.evidence`), gates (:mod:`.gates`), tuning and fairness
+(:mod:`.tuning`); :mod:`.analysis` computes them all.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from optuna.trial import TrialState
 
-from .registry import SuiteError
-from .report_data import SweepData, original_run_id
-from .report_keys import DEFAULT_EQUIVALENCE
-from .report_stats import t_interval
+from .data import SweepData, original_run_id
+from .keys import DEFAULT_EQUIVALENCE
+from .stats import t_interval
 
 DEFAULT_REFERENCE = "gru"  # the seed article's full GRU: what its simplified cell is measured against
 QUALITATIVE = "qualitative result"
@@ -96,7 +97,7 @@ class Analysis:
     progress: dict = field(default_factory=dict)
     evaluator: str = ""
     importance_notes: dict[str, str] = field(default_factory=dict)
-    scale: Any = None  # the primary metric's analysis scale (report_scale.Scale)
+    scale: Any = None  # the primary metric's analysis scale (.scale.Scale)
     margin: tuple = DEFAULT_EQUIVALENCE  # equivalence margin on the ratio (sweep key report.equivalence)
 
     @property
@@ -111,60 +112,8 @@ class Analysis:
         return f"metrics.{metric}"
 
 
-def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "welch") -> Analysis:
-    """Every table and figure frame of the report, from the loaded sweep."""
-    cells = data.spec["cells"]
-    an = Analysis(data, cells, data.spec["metric"], data.spec["metric"], data.spec["direction"], reference, test)
-    if reference not in cells and reference != DEFAULT_REFERENCE:
-        raise SuiteError(f"--reference {reference!r} is not a cell of sweep {data.name!r}; its cells: "
-                         f"{', '.join(cells)}")
-    if reference not in cells:  # the default reference: fall back to the sweep's first cell, and say so
-        an.reference = cells[0]
-        an.notes.append(f"The reference cell {reference!r} is not in this sweep; {cells[0]} is the reference.")
-    an.progress = progress(data)
-    an.confirmed = confirmed_runs(an)
-    test_metric = "test/" + an.short
-    if len(an.confirmed) and an.col(test_metric) in an.confirmed and an.confirmed[an.col(test_metric)].notna().all():
-        an.primary = test_metric
-    an.samples = {c: an.confirmed.loc[an.confirmed["cell"] == c, an.col(an.primary)].dropna().tolist()
-                  if len(an.confirmed) else [] for c in cells}
-    from .report_evidence import add_evidence, seed_values
-    from .report_gates import chrono_split, gate_hist_frame, gates
-    from .report_scale import scale_for
-    from .report_provenance import fairness
-    from .report_tuning import importance, trials_table
-    from .report_verdicts import pairs, significance
-
-    an.scale = scale_for(an.primary, _n_eval(data.runs))
-    an.margin = tuple(data.spec.get("equivalence") or DEFAULT_EQUIVALENCE)
-    for builder in (leaderboard, significance, pairs, gates, fairness, trials_table, per_run):
-        table = builder(an)
-        an.tables[table.name] = table
-    add_evidence(an)
-    chrono = chrono_split(an)
-    if chrono is not None:
-        an.tables[chrono.name] = chrono
-    importance(an)
-    an.frames["curves"] = curves(an)
-    an.frames["grad_profile"] = profile_means(an)
-    an.frames["seeds"] = seed_values(an)
-    an.frames["gate_hist"] = gate_hist_frame(an)
-    return an
-
-
-def _n_eval(runs: pd.DataFrame) -> int | None:
-    """Sequences in the fixed evaluation set (synthetic tasks: val_size, the test set has as many)."""
-    col = "params.task.val_size"
-    if not len(runs) or col not in runs:
-        return None
-    values = pd.to_numeric(runs[col], errors="coerce").dropna()
-    return int(values.iloc[0]) if len(values) else None
-
-
 def progress(data: SweepData) -> dict:
     """Finished/planned search trials and confirmation runs over every cell, and whether the sweep is done."""
-    from optuna.trial import TrialState
-
     done = {TrialState.COMPLETE, TrialState.PRUNED}
     search = sum(min(sum(t.state in done for t in data.trials[c]["search"]), data.spec["trials"])
                  for c in data.spec["cells"])
@@ -292,8 +241,6 @@ def _cell_row(an: Analysis, cell: str, extra: str | None) -> dict:
 
 
 def _finished(an: Analysis, cell: str) -> int:
-    from optuna.trial import TrialState
-
     return min(an.data.spec["trials"], sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                                            for t in an.data.trials[cell]["search"]))
 

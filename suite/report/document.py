@@ -1,37 +1,22 @@
-"""``rnnsuite report NAME``: a sweep's MLflow runs and Optuna studies -> one comparison report.
+"""The words of a report: one document, rendered to HTML and Markdown by :mod:`.render`.
 
-Writes to DIR (default reports/NAME): ``index.html`` (self-contained: figures inlined, no network), ``report.md``
-with its PNG figures beside it, and a CSV of every table and figure, so each figure can be redrawn elsewhere. The
-same files are logged under ``report/`` in the sweep's parent MLflow run. The page opens with its conclusion —
-a winner only where one cell beats every other, else which cells are not separated and how many seeds would
-separate them — each sentence a claim generated from the tables (``claims.json``, recomputed from the CSVs by
-:mod:`.report_check`), then the sections 1-7 and the caveats.
-
-Modules: :mod:`.report_data` reads; :mod:`.report_tables`, :mod:`.report_scale`, :mod:`.report_verdicts`,
-:mod:`.report_evidence` and :mod:`.report_gates` compute; :mod:`.report_claims` states; :mod:`.report_figures` and
-:mod:`.report_plots` draw; :mod:`.report_render` renders; :mod:`.report_provenance` writes section 7 and the
-caveats; :mod:`.report_synth` makes synthetic sweeps for the scale benchmark and tests.
+The page opens with its conclusion — a winner only where one cell beats every other, else which cells are not
+separated and how many seeds would separate them — each sentence a claim generated from the tables
+(:mod:`.claims`), then the sections 1-6, section 7 and the caveats (:mod:`.provenance`), and the list of files.
 """
 from __future__ import annotations
 
-import sys
-import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-from .registry import SuiteError
-from .report_data import SweepData, load, sweep_name
-from .report_design import design_figure, design_table
-from .report_figures import all_figures
-from .report_claims import build_claims, write_claims
-from .report_gates import RULE, gate_claim
-from .report_provenance import ARTIFACT_PATH, caveats_section, fairness_section, shown_store, task_title
-from .report_render import Box, Document, FigureBlock, Heading, Items, Para, TableBlock, to_html, to_markdown
-from .report_stats import ALPHA
-from .report_tables import DEFAULT_REFERENCE, Analysis, analyse, fmt, label
-from .report_verdicts import scale_sentence, standing
-from .tracking import command_line, mask
-CSV_HELP = {
+from .claims import build_claims
+from .gates import RULE, gate_claim
+from .provenance import caveats_section, fairness_section, shown_store, task_title
+from .render import Box, Document, FigureBlock, Heading, Items, Para, TableBlock
+from .stats import ALPHA
+from .tables import Analysis, fmt, label
+from .verdicts import scale_sentence, standing
+
+CSV_HELP = {  # the Files section: what each CSV holds
     "leaderboard": "one row per cell (confirmed configuration): raw mean and 95% CI half-width, the analysis "
                    "scale's centre and interval (<metric>_center/_lo/_hi), every seed's value (<metric>_seeds), "
                    "seeds diverged, failed and planned, formula and empirical baseline; then baseline, published",
@@ -54,97 +39,8 @@ CSV_HELP = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- the command
-def run_report(args) -> int:
-    """The CLI entry point: build the report, print where it is; SuiteErrors become one line and exit 2."""
-    if getattr(args, "source", None):
-        from .archive.command import report_from
-
-        report_from(args, _command(args))
-        return 0
-    if not args.name:
-        raise SuiteError("report needs a sweep NAME (or --from FILE, an archive written by rnnsuite export)")
-    name = sweep_name(args.name)
-    out = Path(args.output) if args.output else Path("reports") / name
-    sweep_file = args.name if name != args.name else None
-    result = build_report(name, out, storage=args.storage, tracking_uri=args.tracking_uri,
-                          reference=args.reference or DEFAULT_REFERENCE, command=_command(args), sweep_file=sweep_file)
-    print(result["status_line"])
-    print(f"report {name}: {out / 'index.html'} and {out / 'report.md'} ({result['figures']} figures, "
-          f"{result['csvs']} CSVs); logged to MLflow run {result['parent_run_id']} under {ARTIFACT_PATH}/")
-    return 0
-
-
-def _command(args) -> str:
-    reference = args.reference if args.reference and args.reference != DEFAULT_REFERENCE else None
-    return command_line(["rnnsuite", "report", *([args.name] if args.name else [])],
-                        [("-o", args.output), ("--from", getattr(args, "source", None)), ("--storage", args.storage),
-                         ("--tracking-uri", args.tracking_uri), ("--reference", reference)])
-
-
-def build_report(name: str, out: Path, *, storage: str | None = None, tracking_uri: str | None = None,
-                 reference: str = DEFAULT_REFERENCE, test: str = "welch", command: str = "",
-                 sweep_file: str | None = None, log_artifacts: bool = True, archive: str = "") -> dict:
-    """Read, analyse, draw, render, write and log one report; returns what was made (for the CLI and benchmarks).
-
-    test: "welch" (Welch's t-test) or "mannwhitney" (Mann–Whitney U); sweep_file: the file the sweep ran from,
-    when known, for the reproduction command."""
-    data = load(name, storage, tracking_uri)  # the stores are checked before anything is written
-    data.archive = archive
-    an = analyse(data, reference, test)  # so is --reference
-    design = design_table(an)
-    if design is not None:
-        an.tables["design"] = design
-    figures = {**all_figures(an), "design": design_figure(an)}
-    claims = build_claims(an, task_title(an))
-    doc = document(an, figures, command, sweep_file, claims)
-    written = write(out, doc, an, figures)
-    written.append(write_claims(out, claims))
-    parent_id = data.parent.info.run_id
-    if log_artifacts:
-        _log(data, written, parent_id)
-    return {"status_line": status_line(an), "figures": sum(f is not None for f in figures.values()),
-            "csvs": sum(p.suffix == ".csv" for p in written), "files": written, "parent_run_id": parent_id,
-            "analysis": an, "claims": claims}
-
-
-def _log(data: SweepData, files: list[Path], run_id: str) -> None:
-    import mlflow
-
-    client = mlflow.MlflowClient(data.tracking_uri)
-    try:
-        for path in files:
-            client.log_artifact(run_id, str(path), ARTIFACT_PATH)
-    except Exception as exc:
-        raise SuiteError(f"report written, but logging it to MLflow run {run_id} failed: "
-                         f"{mask(str(exc)).splitlines()[0][:200]}") from None
-
-
-def write(out: Path, doc: Document, an: Analysis, figures: dict) -> list[Path]:
-    """index.html, report.md, the PNGs beside them and one CSV per table; stale files of an older report go."""
-    out.mkdir(parents=True, exist_ok=True)
-    known = {f"{n}.png" for n in ("learning_curves", "gradient_flow", "gate_use", "importance", "tuning",
-                                  "design", "seeds", "verdicts", "gate_hist")}
-    for stale in known:
-        (out / stale).unlink(missing_ok=True)
-    written = []
-    for fig in figures.values():
-        if fig is not None:
-            (out / fig.name).write_bytes(fig.png)
-            written.append(out / fig.name)
-    for name, table in an.tables.items():
-        table.raw.to_csv(out / f"{name}.csv", index=False)
-        written.append(out / f"{name}.csv")
-    for name, frame in an.frames.items():
-        frame.to_csv(out / f"{name}.csv", index=False)
-        written.append(out / f"{name}.csv")
-    (out / "index.html").write_text(to_html(doc), encoding="utf-8")
-    (out / "report.md").write_text(to_markdown(doc), encoding="utf-8")
-    return [out / "index.html", out / "report.md", *written]
-
-
-# ---------------------------------------------------------------------------------------------- the words
 def status_line(an: Analysis) -> str:
+    """One sentence: finished, or still running with how much is done (printed by the CLI, atop the page)."""
     p = an.progress
     done = (f"{p['search_done']} of {p['search_total']} search trials and {p['confirm_done']} of "
             f"{p['confirm_total']} confirmation runs are done")
@@ -154,7 +50,6 @@ def status_line(an: Analysis) -> str:
     return f"Sweep {an.data.name} is still running: {done}{running}."
 
 
-# ---------------------------------------------------------------------------------------------- the document
 def document(an: Analysis, figures: dict, command: str, sweep_file: str | None = None,
              claims: dict | None = None) -> Document:
     d = an.data
@@ -315,30 +210,3 @@ def _design_section(doc: Document, an: Analysis, figures: dict) -> None:
                                             "or has not run it yet."))
     if figures.get("design") is not None:
         doc.add(FigureBlock(figures["design"]))
-
-
-# ---------------------------------------------------------------------------------------------- scale benchmark
-def scale_benchmark(n_runs: int = 1000, workdir: str | Path | None = None, cells: int = 10) -> dict:
-    """Seconds to build a report over `n_runs` synthetic trial runs (parent, study and trial runs with realistic
-    metric histories and profile artifacts in a fresh SQLite MLflow store; Optuna studies in a journal).
-
-    Writing the synthetic sweep is not timed; reading, analysing, drawing, rendering, writing and logging the
-    report is. Returns {"seconds", "runs", "cells", "write_seconds", "output"}.
-    """
-    import tempfile
-
-    from .report_synth import write_synthetic_sweep
-
-    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="rnnsuite-report-bench-"))
-    start = time.perf_counter()
-    made = write_synthetic_sweep(root, n_runs=n_runs, n_cells=cells)
-    written = time.perf_counter() - start
-    start = time.perf_counter()
-    build_report(made["name"], root / "report", storage=made["storage"], tracking_uri=made["tracking_uri"])
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "runs": made["runs"], "cells": len(made["cells"]), "write_seconds": written,
-            "output": str(root / "report")}
-
-
-if __name__ == "__main__":  # python -m suite.report N: the scale benchmark alone
-    print(scale_benchmark(int(sys.argv[1]) if len(sys.argv) > 1 else 1000))

@@ -9,9 +9,9 @@ import math
 
 import pandas as pd
 
-from .report_data import original_run_id
-from .report_scale import scale_for, summarize
-from .report_tables import (QUALITATIVE, Analysis, diverged_confirmations, failed_confirmations, fmt, label,
+from .data import original_run_id
+from .scale import scale_for, summarize
+from .tables import (QUALITATIVE, Analysis, diverged_confirmations, failed_confirmations, fmt, label,
                             leaderboard_display, slug)
 
 
