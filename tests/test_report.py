@@ -361,7 +361,7 @@ def test_holm_step_down():
 # ---------------------------------------------------------------------------------------------- partial sweeps
 def test_a_running_sweep_says_how_many_trials_are_done(tmp_path):
     from suite.report import build_report
-    from suite.report.synth import write_synthetic_sweep
+    from suite.bench.synth import write_synthetic_sweep
 
     made = write_synthetic_sweep(tmp_path, n_runs=16, n_cells=2, name="midway", done=False)
     result = build_report("midway", tmp_path / "out", storage=made["storage"], tracking_uri=made["tracking_uri"])
@@ -374,7 +374,7 @@ def test_a_running_sweep_says_how_many_trials_are_done(tmp_path):
 
 
 def test_scale_benchmark_builds_a_report_over_synthetic_runs(tmp_path):
-    from suite.report.synth import scale_benchmark
+    from suite.bench.synth import scale_benchmark
 
     result = scale_benchmark(n_runs=20, workdir=tmp_path, cells=2)
     assert result["runs"] == 20 and result["cells"] == 2 and result["seconds"] > 0
@@ -457,7 +457,7 @@ def test_a_diverged_confirmation_seed_counts_as_not_solved(tmp_path):
     import mlflow
 
     from suite.report import build_report
-    from suite.report.synth import write_synthetic_sweep
+    from suite.bench.synth import write_synthetic_sweep
 
     made = write_synthetic_sweep(tmp_path, n_runs=20, n_cells=2, name="div")
     client = mlflow.MlflowClient(made["tracking_uri"])

@@ -1,4 +1,4 @@
-"""Reports built from synthetic sweeps (suite.report.synth) for issue 21: every claim of claims.json recomputed
+"""Reports built from synthetic sweeps (suite.bench.synth) for issue 21: every claim of claims.json recomputed
 from the CSVs (and a tampered CSV caught), the raw and log scales disagreeing with the verdict following the log
 scale, a diverged seed counted and shown, gate ends and histograms (and an old sweep without them said to be
 "not recorded"), the sweep's recorded command, and no absolute local path in the page."""
@@ -18,7 +18,7 @@ import pytest
 
 from suite.report import build_report
 from suite.report.check import check_claims
-from suite.report.synth import STEPS, write_synthetic_sweep
+from suite.bench.synth import STEPS, write_synthetic_sweep
 
 A = [1e-4, 2e-4, 1.5e-4]  # gru's test MSE per seed
 B = [2e-3, 5e-3, 1.5e-2]  # lstm's: a decade of spread; raw Welch p > 0.05, log Welch p < 0.05

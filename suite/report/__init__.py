@@ -17,8 +17,8 @@ The modules form one layering, each importing only those before it (tests/test_r
   Markdown; :mod:`.provenance` and :mod:`.document` write its sections;
 * :mod:`.command` builds, writes and logs a report (``rnnsuite report``, also ``--from`` an archive).
 
-:mod:`.synth` writes synthetic sweeps for the report's scale benchmark (``python -m suite.report N``) and the
-tests; no report module imports it.
+The synthetic sweeps of the report's scale benchmark (``python -m suite.report N``) and of the tests are written
+by :mod:`suite.bench.synth`, outside the report: no report module imports it.
 
 The public names below are imported on first use, so that importing :mod:`.keys` (the sweep does) or
 :mod:`.data` (``rnnsuite export`` does) does not pull in the whole report.

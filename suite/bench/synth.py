@@ -25,7 +25,7 @@ from optuna.trial import TrialState, create_trial
 
 from .. import cells
 from ..tracking import artifact_location
-from .command import build_report
+from ..report.command import build_report
 
 CELLS = ("gru", "lstm", "sgru", "mgu", "ugrnn", "janet", "mut1", "ligru", "mingru", "minlstm", "cifg", "gru1")
 SEEDS = (1, 2, 3)
