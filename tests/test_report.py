@@ -473,3 +473,25 @@ def test_a_diverged_confirmation_seed_counts_as_not_solved(tmp_path):
     assert "1 diverged, counted as not solved" in board.loc[cell, "note"]
     other = made["cells"][1]
     assert board.loc[other, "n"] == 3 and board.loc[other, "seeds_solved"].endswith("/3")
+
+
+# ---------------------------------------------------------------------------------------------- compute
+def test_active_wall_time_is_the_union_of_the_run_intervals():
+    from suite.report.tuning import active_seconds
+
+    assert active_seconds([]) == 0.0
+    assert active_seconds([(0, 10), (5, 15), (30, 40)]) == 25.0  # overlap counted once, the gap not at all
+    assert active_seconds([(0, 100), (10, 20), (20, 30)]) == 100.0  # nested runs add nothing
+    assert active_seconds([(50, 60), (0, 10)]) == 20.0  # order does not matter
+
+
+def test_the_report_records_the_sweeps_total_compute_and_wall_time(tmp_path):
+    from suite.bench.synth import scale_benchmark
+
+    out = Path(scale_benchmark(n_runs=20, workdir=tmp_path, cells=2)["output"])
+    runs, compute = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "compute.csv")
+    assert len(compute) == 1 and compute.loc[0, "runs"] == (runs["status"] == "FINISHED").sum() > 0
+    assert compute.loc[0, "train_s"] == pytest.approx(runs["train_s"].sum())
+    row = compute.iloc[0]
+    assert 0 < row["active_wall_s"] <= row["span_s"] and row["active_wall_s"] <= row["run_s"]
+    assert "What the whole sweep cost" in (out / "report.md").read_text()

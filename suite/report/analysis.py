@@ -12,7 +12,7 @@ from .keys import DEFAULT_EQUIVALENCE
 from .scale import scale_for
 from .tables import (DEFAULT_REFERENCE, Analysis, confirmed_runs, curves, leaderboard, per_run, profile_means,
                      progress)
-from .tuning import fairness, importance, trials_table
+from .tuning import compute, fairness, importance, trials_table
 from .verdicts import pairs, significance
 
 
@@ -35,7 +35,7 @@ def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "we
                   if len(an.confirmed) else [] for c in cells}
     an.scale = scale_for(an.primary, _n_eval(data.runs))
     an.margin = tuple(data.spec.get("equivalence") or DEFAULT_EQUIVALENCE)
-    for builder in (leaderboard, significance, pairs, gates, fairness, trials_table, per_run):
+    for builder in (leaderboard, significance, pairs, gates, fairness, compute, trials_table, per_run):
         table = builder(an)
         an.tables[table.name] = table
     add_evidence(an)

@@ -35,6 +35,7 @@ CSV_HELP = {  # the Files section: what each CSV holds
     "gates_chrono": "saturation of the state-keeping gate split by model.chrono_init (where it was searched)",
     "importance": "hyperparameter importance per cell",
     "fairness": "trials, runs, steps and training time per cell",
+    "compute": "the whole sweep: runs, training time summed, run time summed, wall time with a run active, span",
     "design": "each cell's search result at the shared design points (the same configurations in every cell)",
 }
 

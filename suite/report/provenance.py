@@ -65,7 +65,11 @@ def fairness_section(doc: Document, an: Analysis, command: str, sweep_file: str 
                  + f" each (pruned trials count), then the top {s['top_k']} configuration(s) re-trained with seeds "
                    f"{', '.join(map(str, s['seeds'])) or '—'}. Failed trials (crashes, lost workers) do not count "
                    "and were retried."),
-            TableBlock(an.tables["fairness"], "Trials and compute per cell."))
+            TableBlock(an.tables["fairness"], "Trials and compute per cell."),
+            TableBlock(an.tables["compute"], "What the whole sweep cost: the training time its runs logged and their "
+                       "durations, summed (packed runs each count their pack's time), the wall time during which at "
+                       "least one run was active (time between sessions not counted), and the span from the first "
+                       "start to the last end."))
     doc.add(Items(_provenance(an)))
     doc.add(Para("Commands:"), Code("\n".join(commands(an, command, sweep_file))))
 

@@ -1,5 +1,5 @@
 """The tables of sections 6 and 7 of a report: every search trial from Optuna, hyperparameter importance per cell,
-and the budget each cell got (fairness)."""
+the budget each cell got (fairness) and what the whole sweep cost (compute)."""
 from __future__ import annotations
 
 import math
@@ -99,3 +99,36 @@ def fairness(an: Analysis) -> Table:
                              "steps trained": fmt(r["steps_trained"]), "training seconds": fmt(r["train_s"]),
                              "confirmation seeds": r["seeds"] or "—"} for _, r in raw.iterrows()])
     return Table("fairness", raw, display)
+
+
+def active_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals: the wall time during which at least one run was training
+    (a sweep resumed in another session does not count the time between sessions)."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def compute(an: Analysis) -> Table:
+    """The sweep's total compute and wall time, from its MLflow runs: the training time every run logged
+    (time/train_s, summed), the runs' own durations (end - start, summed), the wall time during which at least one
+    run was active, and the span from the first start to the last end. Packed runs train together, so their
+    summed times count each pack's wall time once per member."""
+    runs = an.data.runs
+    done = runs[runs["status"].isin(["FINISHED", "FAILED", "KILLED"]) & runs["end_time"].notna()] if len(runs) \
+        else runs
+    spans = [(float(a) / 1000, float(b) / 1000) for a, b in zip(done["start_time"], done["end_time"])] \
+        if len(done) else []
+    raw = pd.DataFrame([{
+        "runs": len(done), "train_s": float(done["train_s"].fillna(0).sum()) if len(done) else 0.0,
+        "run_s": sum(b - a for a, b in spans), "active_wall_s": active_seconds(spans),
+        "span_s": (max(b for _, b in spans) - min(a for a, _ in spans)) if spans else 0.0}])
+    r = raw.iloc[0]
+    display = pd.DataFrame([{"runs": fmt(r["runs"]), "training time, summed (h)": fmt(r["train_s"] / 3600),
+                             "run time, summed (h)": fmt(r["run_s"] / 3600),
+                             "wall time with a run active (h)": fmt(r["active_wall_s"] / 3600),
+                             "first start to last end (h)": fmt(r["span_s"] / 3600)}])
+    return Table("compute", raw, display)
