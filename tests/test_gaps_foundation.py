@@ -148,7 +148,7 @@ def test_tied_head_weight_is_the_embedding_weight():
     model = SequenceModel("lstm", "embedding", 50, 50, 16, layers=2, tie_weights=True)
     assert model.head.weight is model.embedding.weight  # one tensor, not a copy
     assert model.head.weight.data_ptr() == model.embedding.weight.data_ptr()
-    from suite.train import count_params
+    from suite.assemble import count_params
 
     untied = SequenceModel("lstm", "embedding", 50, 50, 16, layers=2)
     assert count_params(untied) - count_params(model) == 50 * 16  # counted once
@@ -172,7 +172,7 @@ def test_tie_weights_refuses_size_mismatches_clearly():
 
 def test_tie_weights_mismatch_through_the_config_is_one_suite_error():
     from suite.config import build_config
-    from suite.train import build_model
+    from suite.assemble import build_model
 
     lm = SimpleNamespace(encoding="embedding", input_size=50, output_size=50, seq_len=20)
     cfg = build_config(overrides={"model.tie_weights": True, "model.embedding_size": 8, "model.hidden_size": 16})
