@@ -192,26 +192,29 @@ def build_config(*layers: dict[str, Any], overrides: dict[str, Any] | None = Non
     return cfg
 
 
-def typed(cls, values: dict[str, Any], kind: str, prefix: str = "", extra: str | None = None):
-    """``cls(**values)`` for a dataclass `cls`, each value coerced to its field's type: an unknown key (unless
-    `extra` names the field that collects them) or a missing required one is refused in one line naming
-    ``prefix + key``, e.g. "unknown config key 'optim.lrr'" or "unknown budget key 'trails'"."""
+def typed(cls, values: dict[str, Any], kind: str, prefix: str = "", extra: str | None = None,
+          qualified: bool = True):
+    """``cls(**values)`` for a dataclass `cls`, each value coerced to its field's type (errors name
+    ``prefix + key``): an unknown key (unless `extra` names the field that collects them) or a missing required
+    one is refused in one line, e.g. "unknown config key 'optim.lrr'" or, not `qualified`, "unknown budget key
+    'trails'"."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != extra}
+    shown = prefix if qualified else ""
     kwargs: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     for name, value in values.items():
-        key = f"{prefix}{name}"
         if name in fields:
-            kwargs[name] = _coerce(key, value, hints[name])
+            kwargs[name] = _coerce(f"{prefix}{name}", value, hints[name])
         elif extra:
             rest[name] = value  # e.g. task and cell options: checked by the task / cell registry in validate()
         else:
-            hint = did_you_mean(key, [f"{prefix}{k}" for k in fields])
+            key = f"{shown}{name}"
+            hint = did_you_mean(key, [f"{shown}{k}" for k in fields])
             raise SuiteError(f"unknown {kind} key {key!r}{hint}; accepted: {', '.join(sorted(fields))}")
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SuiteError(f"missing {kind} key {prefix + name!r}")
+            raise SuiteError(f"missing {kind} key {shown + name!r}")
     if extra:
         kwargs[extra] = rest
     return cls(**kwargs)
