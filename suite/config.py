@@ -1,7 +1,7 @@
 """Typed run configuration: YAML files hold deltas from these defaults, ``--set a.b=value`` overrides them.
 
-Keys are a stable contract (DESIGN.md): task.*, model.*, optim.*, train.*, tracking.*. An unknown key, a
-value of the wrong type or out of range is refused with one line naming the key and what it accepts. Task
+Keys are a stable contract (docs/configuration.md): task.*, model.*, optim.*, train.*, tracking.*. An unknown
+key, a value of the wrong type or out of range is refused with one line naming the key and what it accepts. Task
 options (task.length, task.bptt, ...) and cell options (model.beta, ...) are validated by the task and cell
 registries themselves, so a new task or cell brings its options without touching this file.
 """
@@ -49,7 +49,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam, adamw, sgd, rmsprop
-    lr: float = 3e-3  # tasks.md: 1e-3 is too small for short budgets on copy/adding; tuned by sweeps anyway
+    lr: float = 3e-3  # 1e-3 was too small for short budgets on copy/adding; tuned by sweeps anyway
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd / rmsprop only
     clip: float = 1.0  # global-norm clipping threshold (Pascanu et al. 2013); 0 disables clipping

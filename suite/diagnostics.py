@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-SAT_LOW, SAT_HIGH = 0.1, 0.9  # the saturation band of DESIGN.md
+SAT_LOW, SAT_HIGH = 0.1, 0.9  # the saturation band (docs/configuration.md: gates/.../saturation)
 EDGE = 10  # time steps averaged at each end for diag/grad_decay
 HIST_BINS = 10  # equal bins on [0, 1]: the first is near0 (< 0.1), the last near1 (> 0.9)
 
@@ -180,7 +180,7 @@ def grad_decay(norms: list[float]) -> float:
 
 def write_profile(rows: list[tuple[int, str, int, float]], folder: Path) -> list[Path]:
     """CSV (step, state, t, norm) and a PNG: log-scale norm against t, one line per logged step."""
-    import matplotlib
+    import matplotlib  # heavy: loaded at the end of a run, when its profile is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -4,12 +4,13 @@ Recurrent models in these benchmarks are small, so one of them leaves most of a 
 a handful of tiny kernels whose launch and dispatch cost more than their arithmetic. A pack runs the M models of
 a sweep's trials through ONE batched forward and backward: their parameters are stacked along a new leading
 dimension (differentiably, from each model's own leaf tensors, every step), one fused time loop runs all M
-recurrences (the cell's own hand-written step and backward on the stacked weights, see :class:`suite.batched.BatchedModel`),
-and the per-model losses are summed, so each model's gradient lands in its own parameters exactly as if it had
-trained alone. Everything after the backward pass is per model and uses the same code as a single run: its own
-torch optimizer and schedule (:func:`suite.lit.build_optimizer`), its own global-norm clipping, gradient-norm
-and gate diagnostics on its own module, its own MLflow run with the same metrics, params, tags and artifacts, and
-its own pruning decisions. A model that diverges (NaN/inf loss) or is pruned leaves the pack; the others go on.
+recurrences (the cell's own hand-written step and backward on the stacked weights, see
+:class:`suite.batched.BatchedModel`), and the per-model losses are summed, so each model's gradient lands in its
+own parameters exactly as if it had trained alone. Everything after the backward pass is per model and uses the
+same code as a single run: its own torch optimizer and schedule (:func:`suite.lit.build_optimizer`), its own
+global-norm clipping, gradient-norm and gate diagnostics on its own module, its own MLflow run with the same
+metrics, params, tags and artifacts, and its own pruning decisions. A model that diverges (NaN/inf loss) or is
+pruned leaves the pack; the others go on.
 
 Why not Lightning here: a Trainer fits one LightningModule with one set of loggers; a pack needs M optimizers,
 M MLflow runs and members that leave mid-fit. The loop below is the training step of :class:`suite.lit.SuiteModule`

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
+import mlflow
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .assemble import (build_model, build_task, checkpoint_root, diag_batch, kernel_tags, log_run_config,
@@ -295,9 +297,6 @@ class StepTimer(pl.Callback):
 
 def load_run_config(tracking_uri: str | None, run_id: str) -> RunConfig:
     """The resolved config a run logged (its config.yaml artifact), for --resume."""
-    import mlflow
-    import yaml
-
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise SuiteError(f"cannot resume run {run_id!r}: no MLflow database at {uri[len('sqlite:///'):]}")
