@@ -7,11 +7,14 @@ that ``rnnsuite list`` and ``--help`` answer at once.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from . import __version__
+from . import __version__, ui
+from .config import build_config, load_yaml, parse_override, shipped_sweeps
 from .registry import SuiteError, load_plugins
+from .storage import check_storage_url, storage_url
 
 EXIT_USAGE = 2
 
@@ -22,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_list(args) -> int:
-    from . import cells, tasks
+    from . import cells, tasks  # torch: loaded by the commands that need it, so that --help answers at once
 
     what = args.what
     if what in ("all", "cells"):
@@ -37,8 +40,6 @@ def _cmd_list(args) -> int:
         for name, (_, description) in tasks.named_settings().items():
             print(f"  {name:<17} {description}")
     if what in ("all", "sweeps"):
-        from .config import shipped_sweeps
-
         print("sweeps (rnnsuite sweep sweeps/FILE.yaml):")
         found = shipped_sweeps()
         width = max((len(p) for p in found), default=0) + 1
@@ -48,20 +49,17 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    import json
-
-    from .config import build_config, load_yaml, parse_override
+    from . import train  # torch and lightning: loaded by the commands that need them
+    from .assemble import task_layer  # torch too
 
     if args.resume:
-        from .train import load_run_config
-
-        cfg = load_run_config(args.tracking_uri, args.resume)
+        cfg = train.load_run_config(args.tracking_uri, args.resume)
     else:
         layers = []
         if args.config:
             layers.append(load_yaml(args.config))
         if args.task:
-            layers.append(_task_layer(args.task))
+            layers.append(task_layer(args.task)[0])
         overrides = dict(parse_override(s) for s in args.set)
         shorthands = {"model.cell": args.cell, "train.steps": args.steps, "train.epochs": args.epochs,
                       "train.seed": args.seed, "tracking.uri": args.tracking_uri,
@@ -70,9 +68,7 @@ def _cmd_train(args) -> int:
         if args.steps is not None:  # --steps N means "train N steps", also on a setting that counts epochs
             overrides["train.epochs"] = 0
         cfg = build_config(*layers, overrides=overrides)
-    from .train import run
-
-    result = run(cfg, resume_run_id=args.resume)
+    result = train.run(cfg, resume_run_id=args.resume)
     if result.status != "FINISHED":
         print(f"rnnsuite: run {result.run_id} {result.status}: {result.reason}", file=sys.stderr)
     if args.json:
@@ -88,32 +84,12 @@ def _cmd_sweep(args) -> int:
         raise SuiteError(f"--workers must be >= 1, got {args.workers}")
     if args.pack is not None and args.pack < 1:
         raise SuiteError(f"--pack must be an integer >= 1 (1 = one trial at a time), got {args.pack}")
-    from .storage import check_storage_url, storage_url
-
     check_storage_url(storage_url(args.storage))
     if args.quiet:
         os.environ["RNNSUITE_QUIET"] = "1"
-    from .sweep import run_sweep
+    from .sweep.command import run_sweep  # torch, Optuna, MLflow: loaded by the commands that need them
 
     return run_sweep(args.file, args.storage, args.tracking_uri, args.workers, args.worker_only, args.pack)
-
-
-def _task_layer(task: str) -> dict:
-    """--task NAME (a registered task or a named setting) or --task path/to/file.yaml."""
-    from . import tasks
-    from .config import load_yaml
-
-    if task.endswith((".yaml", ".yml")) or "/" in task:
-        return load_yaml(task)
-    if task in tasks.setting_paths():
-        return tasks.load_settings(task)
-    if task not in tasks.TASKS:
-        from .registry import SuiteError, did_you_mean
-
-        settings = list(tasks.setting_paths())
-        raise SuiteError(f"unknown task {task!r}{did_you_mean(task, [*tasks.TASKS.names(), *settings])}; tasks: "
-                         f"{', '.join(tasks.TASKS.names())}; named settings: {', '.join(settings)} (or a YAML path)")
-    return {"task": {"name": task}}
 
 
 def _store_args(p) -> None:
@@ -213,8 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="an archive written by rnnsuite export")
     _store_args(p)
     p.set_defaults(func=_cmd_import)
-
-    from . import ui
 
     ui.add_parser(sub)
     return parser

@@ -1,7 +1,7 @@
 """Typed run configuration: YAML files hold deltas from these defaults, ``--set a.b=value`` overrides them.
 
-Keys are a stable contract (DESIGN.md): task.*, model.*, optim.*, train.*, tracking.*. An unknown key, a
-value of the wrong type or out of range is refused with one line naming the key and what it accepts. Task
+Keys are a stable contract (docs/configuration.md): task.*, model.*, optim.*, train.*, tracking.*. An unknown
+key, a value of the wrong type or out of range is refused with one line naming the key and what it accepts. Task
 options (task.length, task.bptt, ...) and cell options (model.beta, ...) are validated by the task and cell
 registries themselves, so a new task or cell brings its options without touching this file.
 """
@@ -117,12 +117,13 @@ EXTRA = {"task": "options", "model": "cell_options"}  # sections whose unknown k
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing, unreadable or malformed file is one clear SuiteError."""
+    """Read a YAML mapping (a run config, a task setting, a sweep file); a missing, unreadable or malformed file
+    is one clear SuiteError, worded the same whichever kind of file it is."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SuiteError(f"config file {str(p)!r} does not exist") from None
+        raise SuiteError(f"cannot read {str(p)!r}: it does not exist") from None
     except IsADirectoryError:
         raise SuiteError(f"cannot read {str(p)!r}: it is a folder, not a YAML file") from None
     except UnicodeDecodeError as exc:
@@ -186,28 +187,36 @@ def build_config(*layers: dict[str, Any], overrides: dict[str, Any] | None = Non
         merged.setdefault(section, {})[name] = value
     cfg = RunConfig()
     for section, values in merged.items():
-        setattr(cfg, section, _build_section(section, values))
+        setattr(cfg, section, typed(SECTIONS[section], values, "config", f"{section}.", EXTRA.get(section)))
     validate(cfg)
     return cfg
 
 
-def _build_section(section: str, values: dict[str, Any]):
-    cls = SECTIONS[section]
+def typed(cls, values: dict[str, Any], kind: str, prefix: str = "", extra: str | None = None,
+          qualified: bool = True):
+    """``cls(**values)`` for a dataclass `cls`, each value coerced to its field's type (errors name
+    ``prefix + key``): an unknown key (unless `extra` names the field that collects them) or a missing required
+    one is refused in one line, e.g. "unknown config key 'optim.lrr'" or, not `qualified`, "unknown budget key
+    'trails'"."""
     hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)} - {EXTRA.get(section)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != extra}
+    shown = prefix if qualified else ""
     kwargs: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
     for name, value in values.items():
-        key = f"{section}.{name}"
-        if name in known:
-            kwargs[name] = _coerce(key, value, hints[name])
-        elif section in EXTRA:
-            extra[name] = value  # checked by the task / cell registry in validate()
+        if name in fields:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, hints[name])
+        elif extra:
+            rest[name] = value  # e.g. task and cell options: checked by the task / cell registry in validate()
         else:
-            hint = did_you_mean(key, [f"{section}.{k}" for k in known])
-            raise SuiteError(f"unknown config key {key!r}{hint}; accepted: {', '.join(sorted(known))}")
-    if section in EXTRA:
-        kwargs[EXTRA[section]] = extra
+            key = f"{shown}{name}"
+            hint = did_you_mean(key, [f"{shown}{k}" for k in fields])
+            raise SuiteError(f"unknown {kind} key {key!r}{hint}; accepted: {', '.join(sorted(fields))}")
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SuiteError(f"missing {kind} key {shown + name!r}")
+    if extra:
+        kwargs[extra] = rest
     return cls(**kwargs)
 
 

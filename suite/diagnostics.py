@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-SAT_LOW, SAT_HIGH = 0.1, 0.9  # the saturation band of DESIGN.md
+SAT_LOW, SAT_HIGH = 0.1, 0.9  # the saturation band (docs/configuration.md: gates/.../saturation)
 EDGE = 10  # time steps averaged at each end for diag/grad_decay
 HIST_BINS = 10  # equal bins on [0, 1]: the first is near0 (< 0.1), the last near1 (> 0.9)
 
@@ -162,8 +163,6 @@ def write_gate_hist(rows: list[tuple[int, str, str, int, float]], folder: Path) 
 
 def batch_to(batch, device):
     """A copy of a task Batch with its tensors on `device`."""
-    import dataclasses
-
     return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device)
                                          for f in dataclasses.fields(batch)
                                          if isinstance(getattr(batch, f.name), Tensor)})
@@ -181,7 +180,7 @@ def grad_decay(norms: list[float]) -> float:
 
 def write_profile(rows: list[tuple[int, str, int, float]], folder: Path) -> list[Path]:
     """CSV (step, state, t, norm) and a PNG: log-scale norm against t, one line per logged step."""
-    import matplotlib
+    import matplotlib  # heavy: loaded at the end of a run, when its profile is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -215,32 +214,55 @@ def write_profile(rows: list[tuple[int, str, int, float]], folder: Path) -> list
     return [csv, png]
 
 
-class DiagnosticsCallback(pl.Callback):
-    """Every ``every`` optimizer steps (and at the start and the end) on one fixed batch: gate statistics,
-    the gradient profile and diag/grad_decay go to the run's logger; the profile's CSV and PNG become run
-    artifacts (under diagnostics/) at the end, also when the run fails or is stopped."""
+class Recorder:
+    """One model's diagnostics over a run, for a single run (:class:`DiagnosticsCallback`) and for each model of a
+    pack alike: each step measured once on the fixed batch, its metrics returned for the caller's logger and its
+    rows kept for the artifacts written at the end."""
 
-    def __init__(self, task, batch, every: int, folder: Path):
-        self.task, self.batch, self.every, self.folder = task, batch, every, folder
-        self.rows: list[tuple[int, str, int, float]] = []
+    def __init__(self, task, batch):
+        self.task, self.batch = task, batch
+        self.rows: list[tuple[int, str, int, float]] = []  # grad_profile.csv rows (step, state, t, norm)
         self.hist: list[tuple[int, str, str, int, float]] = []  # gate_hist.csv rows
         self._done: set[int] = set()
 
-    def measure(self, trainer, module) -> None:
-        step = trainer.global_step
-        if step in self._done or trainer.logger is None:
-            return
+    def measure(self, model: nn.Module, step: int) -> dict[str, float] | None:
+        """Gate statistics and diag/grad_decay (diag/grad_decay_c for an LSTM's c) at `step`; None if measured."""
+        if step in self._done:
+            return None
         self._done.add(step)
-        if self.batch.x.device != module.device:
-            self.batch = batch_to(self.batch, module.device)
-        profile, stats, hist = diagnose(module.model, self.task, self.batch)
+        profile, stats, hist = diagnose(model, self.task, self.batch)
         for state, norms in profile.items():
             self.rows.extend((step, state, t, n) for t, n in enumerate(norms))
         self.hist.extend(hist_rows(step, hist))
         stats["diag/grad_decay"] = grad_decay(profile["h"])
         if "c" in profile:
             stats["diag/grad_decay_c"] = grad_decay(profile["c"])
-        trainer.logger.log_metrics(stats, step=step)
+        return stats
+
+    def write(self, folder: Path) -> list[Path]:
+        """The artifacts of what was measured (none if nothing was): grad_profile.csv/.png and gate_hist.csv."""
+        if not self.rows:
+            return []
+        return write_profile(self.rows, folder) + write_gate_hist(self.hist, folder)
+
+
+class DiagnosticsCallback(pl.Callback):
+    """Every ``every`` optimizer steps (and at the start and the end) on one fixed batch: gate statistics,
+    the gradient profile and diag/grad_decay go to the run's logger; the profile's CSV and PNG become run
+    artifacts (under diagnostics/) at the end, also when the run fails or is stopped."""
+
+    def __init__(self, task, batch, every: int, folder: Path):
+        self.recorder, self.every, self.folder = Recorder(task, batch), every, folder
+
+    def measure(self, trainer, module) -> None:
+        if trainer.logger is None:
+            return
+        rec = self.recorder
+        if rec.batch.x.device != module.device:
+            rec.batch = batch_to(rec.batch, module.device)
+        stats = rec.measure(module.model, trainer.global_step)
+        if stats is not None:
+            trainer.logger.log_metrics(stats, step=trainer.global_step)
 
     def on_train_start(self, trainer, module):
         self.measure(trainer, module)
@@ -257,7 +279,7 @@ class DiagnosticsCallback(pl.Callback):
         self.upload(trainer)
 
     def upload(self, trainer) -> None:
-        if not self.rows or trainer.logger is None:
+        if trainer.logger is None:
             return
-        for path in write_profile(self.rows, self.folder) + write_gate_hist(self.hist, self.folder):
+        for path in self.recorder.write(self.folder):
             trainer.logger.experiment.log_artifact(trainer.logger.run_id, str(path), "diagnostics")

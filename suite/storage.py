@@ -53,7 +53,7 @@ def is_local(url: str) -> bool:
 
 def open_storage(url: str | None = None, *, create: bool = True):
     """An Optuna storage for `url`; unreachable databases and bad credentials become one-line SuiteErrors."""
-    import optuna
+    import optuna  # heavy: loaded by the commands that open a storage, not by the CLI's start-up
 
     url = storage_url(url)
     check_storage_url(url)

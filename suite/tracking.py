@@ -5,13 +5,15 @@ The embedded default is an SQLite database and an artifact folder under one visi
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
-import importlib.util
 from urllib.parse import urlsplit
 
 from .registry import SuiteError
@@ -61,8 +63,7 @@ def prepare_local_store(uri: str) -> None:
     """
     if not uri.startswith("sqlite:///"):
         return
-    import fcntl
-    import logging
+    import fcntl  # Unix only: the rest of this module imports on any platform
 
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -272,7 +273,7 @@ def connect_args(url: str, timeout: float = 10.0) -> dict:
 
 
 def _check_database(url: str, what: str, timeout: float) -> None:
-    import sqlalchemy
+    import sqlalchemy  # heavy: this module is loaded by every command, a database check is rare
 
     url = sqlalchemy_url(url)
     try:
@@ -334,8 +335,6 @@ NOTE = "mlflow.note.content"  # MLflow's run description (Markdown), shown on th
 def command_line(words: list[str], flags) -> str:
     """An rnnsuite command as typed, for a report to show: `words`, then each (flag, value) whose value is set,
     the value masked (a password in a store URL never reaches a report)."""
-    import shlex
-
     parts = list(words)
     for flag, value in flags:
         if value is not None and value != "":

@@ -18,7 +18,7 @@ from suite.diagnostics import gradient_profile
 from suite.model import SequenceModel
 from suite.packed import packable
 from suite.registry import SuiteError
-from suite.train import build_model
+from suite.assemble import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_bidirectional_gru_matches_torch():
 
 def test_bidirectional_needs_a_readout_and_is_not_packed():
     cfg = build_config({"task": {"name": "copy", "length": 5}, "model": {"bidirectional": True}})
-    from suite.train import build_task
+    from suite.assemble import build_task
 
     with pytest.raises(SuiteError, match="model.bidirectional"):
         build_model(cfg, build_task(cfg))
@@ -204,8 +204,8 @@ def test_gradient_profile_reads_the_loss_at_the_last_step(bidirectional):
 @pytest.mark.parametrize("cell", ["gru", "mingru"])  # the fused batched loop, and vmapped reference steps
 @pytest.mark.parametrize("readout", ["last", "mean", "flatten"])
 def test_a_pack_reads_out_as_each_model_alone(cell, readout):
-    from suite.packed import BatchedModel
-    from suite.train import build_task
+    from suite.batched import BatchedModel
+    from suite.assemble import build_task
 
     cfg = build_config({"task": {"name": "mnist1d", "readout": readout}, "model": {"cell": cell, "hidden_size": 5}})
     task = build_task(cfg)

@@ -63,7 +63,7 @@ def _one_line_or_loads(fn, *args):
 @FUZZ
 @given(config_layers())
 def test_any_config_builds_or_is_refused_in_one_line(layer):
-    from suite.train import build_model, build_task
+    from suite.assemble import build_model, build_task
 
     cfg = _one_line_or_loads(build_config, layer)
     if cfg is None:

@@ -9,7 +9,7 @@ import torch
 from suite.config import build_config
 from suite.model import SequenceModel
 from suite.registry import SuiteError
-from suite.train import build_model, count_params
+from suite.assemble import build_model, count_params
 
 
 def test_tied_head_weight_is_the_embedding_weight():

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from suite import cells
+from suite.batched import BatchedModel
 from suite.cells.base import reference_paths
 from suite.config import build_config
-from suite.packed import BatchedModel, Member, pack_key, packable, run_pack
+from suite.packed import Member, pack_key, packable, run_pack
 from suite.registry import SuiteError
 from suite.train import run
 
@@ -105,7 +106,7 @@ def test_the_batched_fused_loop_matches_vmapped_reference_steps_and_each_model_a
     the cells' reference steps compute under vmap, forward and backward, and what each model computes alone."""
     cfg = build_config({"task": {"name": "adding", "length": 12, "batch_size": 3},
                         "model": {"cell": cell, "hidden_size": 6, "layers": 2}})
-    from suite.train import build_model, build_task
+    from suite.assemble import build_model, build_task
 
     task = build_task(cfg)
     models = []
@@ -127,7 +128,7 @@ def test_the_batched_fused_loop_matches_vmapped_reference_steps_and_each_model_a
 def test_batched_dropout_uses_each_models_own_rate_in_training_only():
     cfg = build_config({"task": {"name": "adding", "length": 10, "batch_size": 4},
                         "model": {"cell": "sgru", "hidden_size": 8}})
-    from suite.train import build_model, build_task
+    from suite.assemble import build_model, build_task
 
     task = build_task(cfg)
     models = [build_model(cfg, task) for _ in range(2)]

@@ -406,9 +406,9 @@ def test_a_recycled_pid_does_not_keep_a_dead_workers_trial_running(tmp_path, tra
     # a trial of this very process is not lost
     mine = study.ask(distributions(sweep.spec.search))
     mine.set_user_attr("worker", f"{sweep.host}:{os.getpid()}")
-    from suite.sweep import _process_id
+    from suite.process import process_id
 
-    mine.set_user_attr("worker_id", _process_id(os.getpid()))
+    mine.set_user_attr("worker_id", process_id(os.getpid()))
     assert sweep.reap("gru", "search") == 0
 
 
@@ -487,7 +487,7 @@ def test_a_resumed_worker_runs_the_last_confirmation_slot_its_killed_predecessor
     confirm.tell(done, 0.1)
     victim = confirm.ask()
     victim.set_user_attr("worker", f"{sweep.host}:{_dead_pid()}")
-    assert sweep._next_job() == ("gru", "confirm")
+    assert sweep.worker.next_job() == ("gru", "confirm")
     assert _slots(sweep) == [(0, 1), (0, 2)]
     assert not sweep.done()
 

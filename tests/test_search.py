@@ -1,4 +1,4 @@
-"""The search (suite.search): proposals seeded by trial number, the shared initial design, the margin pruner."""
+"""The search (suite.sweep.space): proposals seeded by trial number, the shared initial design, the margin pruner."""
 from __future__ import annotations
 
 import itertools
@@ -12,9 +12,9 @@ import yaml
 from optuna.trial import TrialState
 
 from suite.registry import SuiteError
-from suite.search import (MarginPruner, design_points, min_distance, to_value, trial_seed, unit_design,
-                          worse_by_margin)
 from suite.sweep import Sweep, load_sweep
+from suite.sweep.space import (MarginPruner, design_points, min_distance, to_value, trial_seed, unit_design,
+                               worse_by_margin)
 
 SPACE = {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1},
          "optim.clip": {"type": "choice", "values": [1.0, 5.0]},
@@ -58,7 +58,7 @@ def key(params: dict) -> tuple:
 def ask_and_tell(sweep: Sweep, cell: str, rng) -> optuna.trial.FrozenTrial:
     """What a worker does with one search trial, without the training: ask, then tell a value."""
     study = sweep.study(cell)
-    trial = sweep._ask(study, cell, "search")
+    trial = sweep.trials.ask(study, cell, "search")
     study.tell(trial, float(rng.uniform(0.01, 0.2)))
     return study.trials[trial.number]
 
@@ -87,11 +87,11 @@ def test_a_trials_proposal_depends_on_the_seed_and_its_number_only(tmp_path, tra
     (tmp_path / "b").mkdir()
     a = sweep_of(tmp_path / "a", tracking_db, design={"kind": "none"})
     b = sweep_of(tmp_path / "b", tracking_db, design={"kind": "none"})
-    pa = [a._ask(a.study("gru"), "gru", "search").params for _ in range(3)]  # one process asks 3 (a pack)
+    pa = [a.trials.ask(a.study("gru"), "gru", "search").params for _ in range(3)]  # one process asks 3 (a pack)
     pb = []
     for _ in range(3):  # three processes ask one each
         fresh = Sweep(b.spec, b.storage_url, tracking_db)
-        pb.append(fresh._ask(fresh.study("gru"), "gru", "search").params)
+        pb.append(fresh.trials.ask(fresh.study("gru"), "gru", "search").params)
     assert pa == pb
     assert trial_seed(0, 1) != trial_seed(0, 2) and trial_seed(0, 1) != trial_seed(1, 1)
     assert trial_seed(0, 1) == trial_seed(0, 1)
@@ -184,7 +184,7 @@ def test_a_design_point_enqueued_twice_trains_once(tmp_path, tracking_db):
         study.enqueue_trial(point, user_attrs={"design_point": i}, skip_if_exists=False)
     trained = []
     for _ in range(4):
-        trial = sweep._ask(study, "gru", "search")
+        trial = sweep.trials.ask(study, "gru", "search")
         if trial is not None:
             study.tell(trial, 0.1)
             trained.append(trial.user_attrs.get("design_point"))

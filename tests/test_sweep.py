@@ -258,9 +258,9 @@ def test_a_study_begun_with_the_full_space_resumes_with_it(tmp_path):
         [False, True])}
     study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.01, "model.chrono_init": False}, value=0.1,
                                               distributions=full))
-    assert sweep._search_space(study, "gru2") == full
+    assert sweep.trials.search_space(study, "gru2") == full
     fresh = Sweep(load_sweep(write(tmp_path, dict(spec, name="fresh"))), storage, tracking)
-    assert fresh._search_space(fresh.study("gru2"), "gru2")["model.chrono_init"] == CategoricalDistribution([False])
+    assert fresh.trials.search_space(fresh.study("gru2"), "gru2")["model.chrono_init"] == CategoricalDistribution([False])
 
 
 def _work_while_every_trial_raises(tmp_path, monkeypatch, error: Exception):
@@ -364,7 +364,7 @@ def test_a_worker_that_does_not_stop_when_told_is_killed(monkeypatch, capsys):
     it is killed (its trial is retried on resume, as after any kill) and the parent says so."""
     import types
 
-    import suite.sweep as sweep_mod
+    import suite.sweep.command as sweep_mod
 
     stuck = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
             "time.sleep(600)"
@@ -383,10 +383,10 @@ def test_a_worker_that_does_not_stop_when_told_is_killed(monkeypatch, capsys):
     monkeypatch.setattr(sweep_mod.subprocess, "Popen", popen)
     monkeypatch.setattr(sweep_mod, "WORKER_STOP_S", 1.0)
     fake = types.SimpleNamespace(spec=types.SimpleNamespace(pack=1), storage_url="s", tracking_uri="t",
-                                 progress_line=progress_line)
+                                 studies=types.SimpleNamespace(progress_line=progress_line))
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        sweep_mod._run_workers(fake, "sweep.yaml", "s", "t", 2, clock=None)
+        sweep_mod.run_workers(fake, "sweep.yaml", "s", "t", 2, clock=None)
     assert time.monotonic() - t0 < 30
     assert len(started) == 2 and all(p.returncode == -signal.SIGKILL for p in started)
     err = capsys.readouterr().err

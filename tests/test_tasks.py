@@ -310,9 +310,9 @@ def test_a_malformed_setting_breaks_only_its_own_name(tmp_path, monkeypatch):
     (tmp_path / "broken.yaml").write_text("task: {name: adding, length: [200\n")
     monkeypatch.setattr(tasks, "settings_dirs", lambda: [tasks.SETTINGS_DIR, tmp_path])
     assert tasks.load_settings("adding-T200")["task"]["length"] == 200  # the others still load
-    with pytest.raises(SuiteError, match=r"broken.yaml: malformed YAML"):
+    with pytest.raises(SuiteError, match=r"malformed YAML in '.*broken.yaml' at line"):
         tasks.load_settings("broken")
-    assert tasks.named_settings()["broken"][1].startswith("(cannot be used: task settings ")  # `list` says why
+    assert tasks.named_settings()["broken"][1].startswith("(cannot be used: malformed YAML in ")  # `list` says why
 
 
 def test_top_level_tasks_folder_is_the_package_folder():
@@ -321,8 +321,9 @@ def test_top_level_tasks_folder_is_the_package_folder():
     assert (top / "copy-T100.yaml").is_file()
 
 
-@pytest.mark.parametrize("content,fragment", [(None, "cannot read"), ("task: [oops\n", "malformed YAML at line"),
-                                              ("- 1\n- 2\n", "expected a mapping"),
+@pytest.mark.parametrize("content,fragment", [(None, "cannot read .*: it does not exist"),
+                                              ("task: [oops\n", "malformed YAML in .* at line"),
+                                              ("- 1\n- 2\n", "must hold a mapping"),
                                               ("description: x\n", "needs a 'task:' mapping")])
 def test_bad_settings_files(tmp_path, content, fragment):
     path = tmp_path / "bad.yaml"

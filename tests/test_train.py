@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from suite import tasks
+from suite.assemble import build_model
 from suite.config import build_config
-from suite.train import build_model, run
+from suite.train import run
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_damaged_checkpoint_is_detected_and_the_run_trained_again(store, capfd):
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     """A temporary file beside the checkpoint, synced, then renamed over it; a write that dies leaves the old one."""
-    from suite.train import AtomicCheckpointIO
+    from suite.checkpoints import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "ckpt" / "last.ckpt"
     io.save_checkpoint({"global_step": 1, "state_dict": {}}, path)

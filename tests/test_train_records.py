@@ -18,9 +18,10 @@ import torch
 import yaml
 
 from suite import tasks
+from suite.assemble import resolved_config, task_record
 from suite.config import build_config
 from suite.tracking import mask
-from suite.train import resolved_config, run, task_record
+from suite.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"task.length": 10, "task.val_size": 64, "model.hidden_size": 8, "train.progress": False}
@@ -76,7 +77,7 @@ def test_tracking_uri_and_checkpoint_dir_are_logged_resolved_not_empty(short_run
 
 def test_resolved_config_masks_the_uri_and_fills_the_default_checkpoint_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNSUITE_HOME", str(tmp_path / "home"))
-    from suite.train import checkpoint_root
+    from suite.assemble import checkpoint_root
 
     cfg = build_config({"task": {"name": "copy"}})
     task = tasks.build("copy")

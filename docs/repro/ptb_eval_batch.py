@@ -12,7 +12,7 @@ import torch
 
 from suite.cli import _task_layer
 from suite.config import build_config
-from suite.train import build_model, build_task
+from suite.assemble import build_model, build_task
 
 
 def main(path: str, sizes: list[int]) -> None:

@@ -15,7 +15,6 @@ from .kernels import (KERNEL_MODES, KERNELS_ENV, PLAIN_DETERMINISTIC, KernelChoi
                       loop_kernels, onednn_ops, packed_weights, reset_kernel_choice, tanh, tanh_via_sigmoid,
                       weights_packed)
 
-_PLAIN_DETERMINISTIC = PLAIN_DETERMINISTIC  # until suite/train.py imports the public name (issue 20); then remove
 
 __all__ = ["INIT_SCHEMES", "RecurrentCell", "Trace", "autocast_off", "check_size", "fast_paths_enabled",
            "gate_views", "reference_paths", "CHUNK", "BPTTInputs", "FusedLoop", "State", "bptt_lstm",

@@ -9,7 +9,7 @@ stays fast.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import sys
@@ -28,9 +28,9 @@ from .. import tracking
 from ..registry import SuiteError
 from ..storage import is_journal, open_storage, storage_url
 from ..tracking import mask, resolve_tracking_uri
+from ..sweep.contract import LEVEL_TAG, PHASE_CONFIRM, ContractError, SweepRecord, study_name, sweep_of
 from .keys import parse_equivalence
 
-LEVEL_TAG = "rnnsuite.level"
 PAGE = 5000  # runs per search_runs page
 PROFILE = "diagnostics/grad_profile.csv"
 GATE_HIST = "diagnostics/gate_hist.csv"  # runs since issue 21; older runs have none ("not recorded")
@@ -127,21 +127,14 @@ def open_optuna(url: str):
 
 # ---------------------------------------------------------------------------------------------- the sweep
 def parse_spec(parent, run_cells: list[str]) -> dict:
-    """The sweep's definition from its parent run's params (logged by Sweep.prepare)."""
-    p = parent.data.params
-    cells = [c for c in p.get("cells", "").split(",") if c] or run_cells
-    seeds = [int(s) for s in p.get("confirm.seeds", "").split(",") if s.strip()]
-    spec = {"cells": cells, "metric": p.get("metric", ""), "direction": p.get("direction", "minimize"),
-            "trials": int(p.get("trials_per_cell", 0) or 0), "steps": int(p.get("steps", 0) or 0),
-            "epochs": int(p.get("epochs", 0) or 0), "top_k": int(p.get("confirm.top_k", 1) or 1),
-            "seeds": seeds, "param_match": int(p.get("param_match", 0) or 0), "storage": p.get("storage", ""),
-            "task": parent.data.tags.get("task", ""), "description": parent.data.tags.get("description", ""),
-            "equivalence": parse_equivalence(p.get("report.equivalence"))}
-    for key in ("search", "sampler", "pruner", "design"):
-        try:
-            spec[key] = json.loads(p.get(key, "{}"))
-        except ValueError:
-            spec[key] = {}
+    """The sweep's definition from its parent run (suite.sweep.contract.SweepRecord, logged by Sweep.prepare)."""
+    try:
+        record = SweepRecord.from_run(parent.data.params, parent.data.tags)
+    except ContractError as exc:
+        raise SuiteError(str(exc)) from None
+    spec = dataclasses.asdict(record)
+    spec["cells"] = record.cells or run_cells
+    spec["equivalence"] = parse_equivalence(record.equivalence)
     return spec
 
 
@@ -221,19 +214,19 @@ def load_trials(storage, spec: dict, task_label: str, name: str):
     known = {s.study_name for s in storage.get_all_studies()}
     trials, studies, planned = {}, {}, {}
     for cell in spec["cells"]:
-        base = f"{name}/{task_label}/{cell}"
+        base, confirm_name = study_name(name, task_label, cell), study_name(name, task_label, cell, PHASE_CONFIRM)
         trials[cell] = {"search": [], "confirm": []}
         planned[cell] = None
         if base in known:
             studies[cell] = optuna.load_study(study_name=base, storage=storage)
             trials[cell]["search"] = studies[cell].get_trials(deepcopy=False)
-        if base + "/confirm" in known:
-            confirm = optuna.load_study(study_name=base + "/confirm", storage=storage)
+        if confirm_name in known:
+            confirm = optuna.load_study(study_name=confirm_name, storage=storage)
             trials[cell]["confirm"] = confirm.get_trials(deepcopy=False)
             value = confirm.user_attrs.get("planned")
             planned[cell] = None if value is None else int(value)
-    if not any(f"{name}/{task_label}/{c}" in known for c in spec["cells"]):
-        sweeps = sorted({n.split("/")[0] for n in known})
+    if not any(study_name(name, task_label, c) in known for c in spec["cells"]):
+        sweeps = sorted({sweep_of(n) for n in known})
         raise SuiteError(f"the Optuna storage holds no study of sweep {name!r} (it has: "
                          f"{', '.join(sweeps) or 'none'}); pass the sweep's --storage")
     return trials, studies, planned

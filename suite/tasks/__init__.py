@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from ..config import load_yaml
 from ..registry import SuiteError, did_you_mean
 from . import adding, copy, lm, mnist, mnist1d  # noqa: F401  (importing registers the tasks)
 from .base import (TASKS, Baseline, Batch, Published, SolvedRule, SyntheticTask, Task, Totals, check_bool,
@@ -74,7 +73,7 @@ def named_settings() -> dict[str, tuple[Path, str]]:
     found: dict[str, tuple[Path, str]] = {}
     for name, path in setting_paths().items():
         try:
-            description = str(_read(path).get("description", ""))
+            description = str(load_yaml(path).get("description", ""))
         except SuiteError as err:
             description = f"(cannot be used: {err})"
         found[name] = (path, description)
@@ -92,25 +91,8 @@ def load_settings(name_or_path) -> dict:
     else:
         raise SuiteError(f"unknown task setting {text!r}{did_you_mean(text, known)}; named settings: "
                          f"{', '.join(known)} (or a YAML path)")
-    content = _read(path)
+    content = load_yaml(path)
     task = content.get("task")
     if not isinstance(task, dict) or not isinstance(task.get("name"), str):
         raise SuiteError(f"task settings {path}: needs a 'task:' mapping with a 'name:' (one of {', '.join(names())})")
-    return content
-
-
-def _read(path: Path) -> dict:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise SuiteError(f"task settings {path}: cannot read it ({err.strerror or err})") from None
-    try:
-        content = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SuiteError(f"task settings {path}: malformed YAML{where}: {problem}") from None
-    if not isinstance(content, dict):
-        raise SuiteError(f"task settings {path}: expected a mapping of sections, got {type(content).__name__}")
     return content

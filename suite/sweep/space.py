@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
@@ -36,8 +37,6 @@ DESIGN_CANDIDATES = 32  # scrambles tried; the one whose closest two points are 
 # ---------------------------------------------------------------------------------------------- distributions
 def distributions(search: dict[str, dict]) -> dict:
     """The sweep file's search space as Optuna distributions."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     out = {}
     for key, d in search.items():
         if d["type"] == "choice":
@@ -64,7 +63,7 @@ def unit_design(kind: str, points: int, dims: int, seed: int) -> np.ndarray:
     """`points` x `dims` points in [0, 1)^dims: the first `points` of a scrambled Sobol sequence (or a Latin
     hypercube), the most spread of DESIGN_CANDIDATES scrambles derived from `seed` (largest smallest pairwise
     distance). The same arguments give the same points on any machine (scipy's generators, seeded)."""
-    from scipy.stats import qmc
+    from scipy.stats import qmc  # scipy is heavy: loaded only by a sweep that has a design
 
     if points <= 0 or dims <= 0:
         return np.zeros((max(points, 0), max(dims, 0)))
