@@ -1,5 +1,5 @@
-"""The default initialisation of the custom cells (the rules themselves: test_cells_init.py): orthogonal recurrent and Xavier input blocks, zero biases, and
-chrono init as the only rule that moves a gate bias."""
+"""The default initialisation of the custom cells (the rules themselves: test_cells_init.py): orthogonal
+recurrent and Xavier input blocks, zero biases, and chrono init as the only rule that moves a gate bias."""
 from __future__ import annotations
 
 import math

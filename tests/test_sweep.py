@@ -503,3 +503,28 @@ def test_a_redirected_sweep_log_is_plain_lines_and_small(tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("[log]")]
     assert len(lines) >= 6 and "[6/6 runs" in lines[-1]  # every finished run: one plain progress line
     assert log.stat().st_size < 10_000  # 6 runs; `make demo` (18 runs) stays far under 100 KB
+
+
+def test_cell_base_replaces_base_keys_for_its_cell_alone(tmp_path):
+    """chrono init on for the cells with a gate bias, off for one without (gru2): the file says which."""
+    from suite.sweep.configs import trial_config
+
+    model = {"hidden_size": 8, "chrono_init": True}
+    spec = {**TINY, "cells": ["gru", "gru2"], "base": {**TINY["base"], "model": model}}
+    with pytest.raises(SuiteError, match="gru2"):  # without cell_base the cell without a gate bias cannot build
+        load_sweep(write(tmp_path, spec))
+    spec["cell_base"] = {"gru2": {"model": {"chrono_init": False}}}
+    loaded = load_sweep(write(tmp_path, spec))
+    gru, gru2 = (trial_config(loaded, c, {"optim.lr": 0.01}, seed=0) for c in ("gru", "gru2"))
+    assert gru.model.chrono_init is True and gru2.model.chrono_init is False
+    assert gru.model.hidden_size == gru2.model.hidden_size == 8  # the rest of the base section is kept
+    assert loaded.base_for("gru") == loaded.base  # a cell without an entry trains from the base as written
+
+
+def test_cell_base_names_only_the_sweeps_cells(tmp_path):
+    spec = {**TINY, "cell_base": {"lstm": {"model": {"chrono_init": False}}}}
+    with pytest.raises(SuiteError, match=r"cell_base\.lstm: not one of this sweep's cells \(gru, sgru\)"):
+        load_sweep(write(tmp_path, spec))
+    spec["cell_base"] = {"gru": {"model": False}}
+    with pytest.raises(SuiteError, match=r"cell_base\.gru must be a mapping of run-config sections"):
+        load_sweep(write(tmp_path, spec))

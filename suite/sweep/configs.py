@@ -25,9 +25,10 @@ def trial_config(spec: SweepSpec, cell: str, params: dict[str, Any], seed: int) 
         overrides["train.epochs"] = 0
     else:
         overrides["train.epochs"] = spec.epochs
-    cfg = build_config(spec.task, spec.base, overrides=overrides)
+    base = spec.base_for(cell)
+    cfg = build_config(spec.task, base, overrides=overrides)
     if spec.param_match:
-        cfg = build_config(spec.task, spec.base, overrides={**overrides, "model.hidden_size":
+        cfg = build_config(spec.task, base, overrides={**overrides, "model.hidden_size":
                                                             match_hidden_size(cfg, spec.param_match)})
     return cfg
 

@@ -40,6 +40,7 @@ class SweepFile:
     budget: dict
     description: str = ""
     base: Any = None
+    cell_base: Any = None
     search: Any = None
     param_match: int = 0
     sampler: Any = None
@@ -101,6 +102,9 @@ class SweepSpec:
     epochs: int = 0
     search: dict[str, dict] = field(default_factory=dict)  # dotted config key -> distribution
     base: dict[str, Any] = field(default_factory=dict)  # run-config sections fixed for every trial
+    # cell -> run-config sections that replace the base's keys for that cell alone (e.g. chrono off for a cell
+    # without a gate bias); every trial and seed of that cell trains with them, and its runs record them
+    cell_base: dict[str, dict[str, Any]] = field(default_factory=dict)
     param_match: int = 0  # solve hidden_size so the recurrent layers have this many parameters (±10%)
     sampler: dict = field(default_factory=lambda: {"name": "tpe", "seed": 0})
     # the shared initial design (suite.sweep.space): kind sobol, lhs or none; points resolved at load (default: a
@@ -118,6 +122,12 @@ class SweepSpec:
     report: dict = field(default_factory=dict)  # how its report judges (suite.report.keys): equivalence margin
     # cell -> {key: [choice values the cell refuses, with the reason]}: left out of that cell's search space
     refused: dict[str, dict[str, list[tuple[Any, str]]]] = field(default_factory=dict)
+
+    def base_for(self, cell: str) -> dict[str, Any]:
+        """The base sections `cell` trains from: the file's base with its cell_base keys replacing the base's."""
+        own = self.cell_base.get(cell) or {}
+        return {section: {**(self.base.get(section) or {}), **own.get(section, {})}
+                for section in {*self.base, *own}}
 
     def search_for(self, cell: str) -> dict[str, dict]:
         """The search space of one cell: the file's, less the choice values the cell does not take (a cell without
@@ -220,6 +230,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec.search = _check_search(path, f.search or {})
     spec.base = f.base or {}
     _need(isinstance(spec.base, dict), f"{path}: base must be a mapping of run-config sections")
+    spec.cell_base = _check_cell_base(path, f.cell_base or {}, cells)
     _need(f.param_match >= 0, f"{path}: param_match must be a positive integer (parameters), got {f.param_match!r}")
     _need(not (f.param_match and "model.hidden_size" in spec.search),
           f"{path}: param_match solves model.hidden_size; do not also search it")
@@ -241,6 +252,17 @@ def load_sweep(path: str | Path) -> SweepSpec:
     for cell in cells:
         _check_cell_space(spec, cell, path)
     return spec
+
+
+def _check_cell_base(path, block, cells: list[str]) -> dict[str, dict]:
+    """``cell_base: {CELL: {section: {key: value}}}``: per-cell replacements of base keys, for listed cells only."""
+    _need(isinstance(block, dict), f"{path}: cell_base must map cell names to run-config sections")
+    for cell, sections in block.items():
+        _need(cell in cells, f"{path}: cell_base.{cell}: not one of this sweep's cells ({', '.join(cells)})")
+        _need(isinstance(sections, dict) and all(isinstance(v, dict) for v in sections.values()),
+              f"{path}: cell_base.{cell} must be a mapping of run-config sections, e.g. {{model: {{chrono_init: "
+              "false}}")
+    return block
 
 
 def check_pack(value, where: str = "pack") -> int:
