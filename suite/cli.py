@@ -93,8 +93,9 @@ def _cmd_sweep(args) -> int:
 
 
 def _store_args(p) -> None:
-    """--storage and --tracking-uri as report, export and import take them (the sweep's stores)."""
-    p.add_argument("--storage", help="Optuna storage (default $RNNSUITE_STORAGE, else rnnsuite-runs/optuna.journal)")
+    """--storage and --tracking-uri as sweep, report, export and import take them (the sweep's stores)."""
+    p.add_argument("--storage", help="Optuna storage: a journal file path (default $RNNSUITE_STORAGE, else "
+                   "rnnsuite-runs/optuna.journal), sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
 
 
@@ -133,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "command continues where it stopped; the same command on other machines with the same "
                        "--storage and --tracking-uri joins the sweep.")
     p.add_argument("file", help="a sweep file, e.g. sweeps/smoke.yaml")
-    p.add_argument("--storage", help="Optuna storage: a journal file path (default rnnsuite-runs/optuna.journal), "
-                   "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (or $RNNSUITE_STORAGE)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///rnnsuite-runs/mlflow.db)")
+    _store_args(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU)")
     p.add_argument("--pack", type=int, metavar="M", help="train up to M trials of one shape together in one "
                    "batched step, each still its own Optuna trial and MLflow run (overrides the file's pack:; "
