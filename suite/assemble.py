@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, tasks
+from .cells import CELLS
 from .cells.base import PLAIN_DETERMINISTIC, kernel_choice
 from .config import RunConfig, load_yaml
 from .gpu import precision_tags
@@ -43,6 +44,15 @@ def task_layer(ref: str, relative_to: Path | None = None) -> tuple[dict, str]:
         raise SuiteError(f"unknown task {ref!r}{did_you_mean(ref, [*tasks.TASKS.names(), *settings])}; tasks: "
                          f"{', '.join(tasks.TASKS.names())}; named settings: {', '.join(settings)} (or a YAML path)")
     return {"task": {"name": ref}}, label
+
+
+def check_names(cfg: RunConfig) -> None:
+    """The task, the cell and their options are registered ones: one line if not, checked before anything heavy
+    is imported (``rnnsuite train`` calls it before Lightning, whose import writes caches to the temp folder)."""
+    tasks.TASKS.get(cfg.task.name)
+    tasks.TASKS.check_options(cfg.task.name, cfg.task.options)
+    CELLS.get(cfg.model.cell)
+    CELLS.check_options(cfg.model.cell, cfg.model.cell_options)
 
 
 def build_task(cfg: RunConfig):

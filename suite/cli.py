@@ -49,11 +49,14 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from . import train  # torch and lightning: loaded by the commands that need them
-    from .assemble import task_layer  # torch too
+    # torch and Lightning are loaded by the commands that need them, Lightning (suite.train) only once the config
+    # is read: a bad one is refused before Lightning's import writes its caches (torchinductor_*) to the temp folder
+    from .assemble import check_names, task_layer
 
     if args.resume:
-        cfg = train.load_run_config(args.tracking_uri, args.resume)
+        from .train import load_run_config
+
+        cfg = load_run_config(args.tracking_uri, args.resume)
     else:
         layers = []
         if args.config:
@@ -68,7 +71,10 @@ def _cmd_train(args) -> int:
         if args.steps is not None:  # --steps N means "train N steps", also on a setting that counts epochs
             overrides["train.epochs"] = 0
         cfg = build_config(*layers, overrides=overrides)
-    result = train.run(cfg, resume_run_id=args.resume)
+        check_names(cfg)
+    from .train import run
+
+    result = run(cfg, resume_run_id=args.resume)
     if result.status != "FINISHED":
         print(f"rnnsuite: run {result.run_id} {result.status}: {result.reason}", file=sys.stderr)
     if args.json:

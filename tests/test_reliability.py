@@ -182,7 +182,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, template, message
     assert "Error:" not in lines[0], "a nested exception name in the one line"  # e.g. '(SuiteError: ...)'
 
     assert list(cwd.iterdir()) == [], "a bad command wrote into the working folder"
-    assert list(tmp.iterdir()) == [], "a bad command left temporary files"
+    # torch's compiler cache (torchinductor_<user>) is created by the first import of Lightning in a process and
+    # kept for later runs on purpose: whether it appears depends on which test imported Lightning first, not on
+    # the command (the bench's test excludes it the same way)
+    left = [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == [], "a bad command left temporary files"
 
 
 def test_the_matrix_covers_the_issue():
