@@ -16,6 +16,7 @@ import time
 import torch
 
 from .. import tasks
+from ..assemble import build_model, build_task, resolve_device
 from ..config import build_config
 from ..packed import Member, run_pack
 from ..tasks.base import SyntheticTask
@@ -52,7 +53,6 @@ def tracking_config(p: Profile, device: str, home: str, threads: int):
 
 
 def device_of(cfg) -> torch.device:
-    from ..train import resolve_device  # Lightning: see the module docstring
 
     return torch.device(resolve_device(cfg.train.device))
 
@@ -71,7 +71,6 @@ def bare_steps_per_second(cfg, steps: int) -> float:
     """The same model and task in a plain PyTorch loop: no Lightning, no logging, no diagnostics."""
     import lightning.pytorch as pl  # heavy: see the module docstring
 
-    from ..train import build_model, build_task  # Lightning: see the module docstring
 
     device = device_of(cfg)
     clock = Clock(device)
@@ -133,7 +132,6 @@ def synthetic_tasks() -> list[str]:
 def bench_data(p: Profile, device: torch.device, clock: Clock, threads: int, log) -> dict:
     """Generating a batch as a share of a training step (generation + forward + loss + backward + clipping +
     Adam) for every synthetic task at its default length and batch, with `rnnsuite train`'s default model."""
-    from ..train import build_model, build_task  # Lightning: see the module docstring
 
     names = synthetic_tasks()
     log(f"data: batch generation vs training step for {', '.join(names)} (T={p.data_length}, "

@@ -1,6 +1,6 @@
 """Robustness at the shared design points: every cell's search result at the same configurations.
 
-The first trials of every cell's search are the same points of one space-filling design (suite.search), so the
+The first trials of every cell's search are the same points of one space-filling design (suite.sweep.space), so the
 cells can be compared *paired* there: which cells solve the task at how many of the same settings, which only at
 their own tuned best. A per-cell best value cannot show that.
 """
