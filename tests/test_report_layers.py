@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "suite" / "report"
 LAYERS = ["keys", "stats", "scale", "data", "tables", "verdicts", "gates", "tuning", "evidence", "analysis",
-          "claims", "check", "figures", "plots", "design", "render", "provenance", "document", "command"]
+          "claims", "check", "findings", "figures", "plots", "design", "render", "provenance", "document", "command"]
 OUTSIDE = {"__init__", "__main__"}  # the lazy re-exports and `python -m suite.report N`
 MAX_LINES = 400
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .claims import REACHES, grad_groups, solving
 from .evidence import stricter
 from .gates import claims as gate_claims
 from .scale import Scale, compare, scale_for, seeds_needed, summarize
@@ -139,6 +140,21 @@ class _Check:
             if not _same(v, decay.get(k, math.nan)):
                 self.fail("grad_decay", f"{k}: {v}, runs.csv gives {decay.get(k)}")
 
+    def grad_solving(self, c: dict) -> None:
+        runs = pd.read_csv(self.folder / "runs.csv")
+        decay = runs[runs["confirmed"]].groupby("cell")["diag/grad_decay"].mean().dropna()
+        what, solved = solving(self.ours.reset_index())
+        want = grad_groups({k: float(v) for k, v in decay.items() if k in solved}, solved)
+        got = c["numbers"]
+        if got["solving"] != what or got["rule"] != REACHES:
+            self.fail("grad_solving", f"rule {got['rule']} / {got['solving']!r}, recomputed {REACHES} / {what!r}")
+        for group, cells in want.items():
+            if sorted(got["groups"].get(group, [])) != sorted(cells):
+                self.fail("grad_solving", f"{group}: {got['groups'].get(group)}, recomputed {cells}")
+        for k in sum(want.values(), []):
+            if fmt(decay[k], 3) not in c["text"]:
+                self.fail("grad_solving", f"the text does not quote {k}'s {fmt(decay[k], 3)}")
+
     def gates(self, c: dict) -> None:
         g = pd.read_csv(self.folder / "gates.csv")
         for k, v in c["numbers"].items():
@@ -146,6 +162,12 @@ class _Check:
             want = gate_claims(r["near0_end"], r["near1_end"], r["saturation_end"])
             if (v["mostly_saturated"], v["zeros_and_ones"]) != want:
                 self.fail("gates", f"{k}: {v}, the rule on gates.csv gives {want}")
+            if "mostly_saturated_start" in v:  # reports since the claim gave the start and the chrono setting
+                before = gate_claims(r["near0_start"], r["near1_start"], r["saturation_start"])
+                if (v["mostly_saturated_start"], v["zeros_and_ones_start"]) != before:
+                    self.fail("gates", f"{k} before training: {v}, the rule on gates.csv gives {before}")
+                if v["chrono"] != r["chrono_init"]:
+                    self.fail("gates", f"{k}: chrono {v['chrono']}, gates.csv has {r['chrono_init']}")
 
     def importance(self, c: dict) -> None:
         imp = pd.read_csv(self.folder / "importance.csv")

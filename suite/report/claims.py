@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .gates import RULE
+from .gates import RULE, claims as gate_claims
 from .stats import ALPHA
 from .tables import Analysis, fmt, label, slug
 from .verdicts import seeds_text, standing
 
 MAX_PAIRS = 12  # inconclusive pairs named in the summary; the rest are in pairs.csv
+REACHES = -2.0  # log10 gradient ratio over which the gradient 'reaches the start' (less than a hundredfold loss)
 
 
 def claim(cid: str, text: str, numbers: dict, table: str, columns: list[str], **rows) -> dict:
@@ -142,18 +143,8 @@ def _why_claims(an: Analysis) -> list[dict]:
                                            f"a hundredfold vanishing), mean over seeds: {shown}.",
                              {c: float(decay[c]) for c in decay.index}, "runs", ["cell", "confirmed",
                                                                                  "diag/grad_decay"]))
-    g = an.tables["gates"].raw
-    keep = g[g["keep_gate"] & (g["layer"] == "l0")] if len(g) else g
-    if len(keep):
-        shown = "; ".join(f"{r.cell} ({r.gate}) saturated {fmt(r.saturation_end, 3)}, near 0 "
-                          f"{fmt(r.near0_end, 3) if math.isfinite(r.near0_end) else 'not recorded'}, near 1 "
-                          f"{fmt(r.near1_end, 3) if math.isfinite(r.near1_end) else 'not recorded'}: mostly saturated "
-                          f"{r.mostly_saturated}, mostly zeros and ones {r.zeros_and_ones}" for r in keep.itertuples())
-        numbers = {r.cell: {"gate": r.gate, "mostly_saturated": r.mostly_saturated, "zeros_and_ones": r.zeros_and_ones}
-                   for r in keep.itertuples()}
-        out.append(claim("gates", f"Evidence, gate use of the state-keeping gate at the end of training: {shown} "
-                                  f"({RULE}).", numbers,
-                         "gates", ["saturation_end", "near0_end", "near1_end", "mostly_saturated", "zeros_and_ones"]))
+    out += _grad_solving_claims(an)
+    out += _gate_claims(an)
     imp = an.tables["importance"].raw
     if len(imp):
         top = imp.loc[imp.groupby("cell")["importance"].idxmax()]
@@ -164,6 +155,79 @@ def _why_claims(an: Analysis) -> list[dict]:
         out.append(claim("importance", text, {r.cell: r.param for r in top.itertuples()}, "importance",
                          ["cell", "param", "importance"]))
     return out
+
+
+def solving(ours: pd.DataFrame) -> tuple[str, dict[str, bool]]:
+    """What "solving" means for the gradient claim and who did: the task's solved criterion at the mean where it
+    has one, else beating the baseline with the whole interval (leaderboard columns solved, beats_baseline)."""
+    solved = ours["solved"].fillna("").astype(str)
+    if solved.isin(["yes", "no"]).any():
+        return "solved (the task's criterion, at the mean over seeds)", dict(zip(ours["cell"], solved == "yes"))
+    beats = ours["beats_baseline"].fillna("").astype(str) == "yes"
+    return "beat the baseline (whole 95% interval)", dict(zip(ours["cell"], beats))
+
+
+def grad_groups(decay: dict[str, float], solved: dict[str, bool]) -> dict[str, list[str]]:
+    """Cells by (gradient reaches the start, solved); the two mixed groups are the exceptions."""
+    groups: dict[str, list[str]] = {"reaches_solved": [], "vanishes_solved": [], "reaches_unsolved": [],
+                                    "vanishes_unsolved": []}
+    for cell, v in decay.items():
+        if cell in solved:
+            reach = "reaches" if v > REACHES else "vanishes"
+            groups[f"{reach}_{'solved' if solved[cell] else 'unsolved'}"].append(cell)
+    return groups
+
+
+def _grad_solving_claims(an: Analysis) -> list[dict]:
+    col = an.col("diag/grad_decay")
+    if not len(an.confirmed) or col not in an.confirmed:
+        return []
+    decay = an.confirmed.groupby("cell")[col].mean().dropna()
+    lb = an.tables["leaderboard"].raw
+    what, solved = solving(lb[lb["source"] == "this sweep"])
+    decay = {c: float(decay[c]) for c in an.cells if c in decay and c in solved}
+    if not decay:
+        return []
+    g = grad_groups(decay, solved)
+
+    def named(cells: list[str]) -> str:
+        return ", ".join(f"{c} ({fmt(decay[c], 3)})" for c in cells) if cells else "none"
+
+    text = (f"Evidence, gradient flow and solving: the gradient reaches the start when its log10 ratio between the "
+            f"first and the last time steps (diag/grad_decay, above) is over −{fmt(-REACHES)} (less than a "
+            f"hundredfold loss over the sequence); 'solving' = {what}. Reaches "
+            f"the start and solves: {named(g['reaches_solved'])}; neither: {named(g['vanishes_unsolved'])}. "
+            f"Exceptions, the gradient reaches the start but the cell does not solve: {named(g['reaches_unsolved'])}; "
+            f"solves with a vanishing gradient: {named(g['vanishes_solved'])}.")
+    numbers = {"rule": REACHES, "solving": what, "groups": g}
+    return [claim("grad_solving", text, numbers, "runs", ["cell", "confirmed", "diag/grad_decay"],
+                  also="leaderboard.csv (solved, beats_baseline)")]
+
+
+def _gate_claims(an: Analysis) -> list[dict]:
+    g = an.tables["gates"].raw
+    keep = g[g["keep_gate"] & (g["layer"] == "l0")] if len(g) else g
+    if not len(keep):
+        return []
+
+    def val(x) -> str:
+        return fmt(x, 3) if math.isfinite(x) else "not recorded"
+
+    numbers, shown = {}, []
+    for r in keep.itertuples():
+        before = gate_claims(r.near0_start, r.near1_start, r.saturation_start)
+        numbers[r.cell] = {"gate": r.gate, "chrono": r.chrono_init, "mostly_saturated": r.mostly_saturated,
+                           "zeros_and_ones": r.zeros_and_ones, "mostly_saturated_start": before[0],
+                           "zeros_and_ones_start": before[1]}
+        shown.append(f"{r.cell} ({r.gate}, chrono {r.chrono_init}) near 0: {val(r.near0_start)} → "
+                     f"{val(r.near0_end)}, "
+                     f"near 1: {val(r.near1_start)} → {val(r.near1_end)}; mostly saturated {before[0]} → "
+                     f"{r.mostly_saturated}, mostly zeros and ones {before[1]} → {r.zeros_and_ones}")
+    text = (f"Evidence, gate use of the state-keeping gate before training → at the end, with the chrono "
+            f"initialisation its confirmed runs used: {'; '.join(shown)} ({RULE}).")
+    return [claim("gates", text, numbers, "gates", ["near0_start", "near0_end", "near1_start", "near1_end",
+                                                    "saturation_start", "saturation_end", "chrono_init",
+                                                    "mostly_saturated", "zeros_and_ones"])]
 
 
 def write_claims(out: Path, claims: dict) -> Path:

@@ -6,8 +6,10 @@ near 1 (> 0.9) at the start and the end of training, their histogram, and two cl
   holding at least 10% of the activations (near0 >= 0.1 and near1 >= 0.1). A gate at 0.99 almost everywhere is
   saturated but is "almost always keep", not "zeros and ones".
 
-Runs logged before near0/near1 existed have saturation only: their ends read "not recorded". Where the search
-varied model.chrono_init, saturation is also split by it over every run of the cell (search runs included).
+Each row also says which chrono initialisation (Tallec & Ollivier 2018) the confirmed runs trained with
+(``chrono_init``: on, off or mixed), since chrono sets the gate biases so that the gates start saturated. Runs
+logged before near0/near1 existed have saturation only: their ends read "not recorded". Where the search varied
+model.chrono_init, saturation is also split by it over every run of the cell (search runs included).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ RULE = (f"'mostly saturated' = more than {MOSTLY:.0%} of the activations < 0.1 o
         f"= mostly saturated with both ends used, at least {BOTH_ENDS:.0%} of the activations near 0 and at least "
         f"{BOTH_ENDS:.0%} near 1")
 COLUMNS = ["cell", "layer", "gate", "keep_gate", "saturation_start", "saturation_end", "mean_start", "mean_end", "n",
-           "near0_start", "near0_end", "near1_start", "near1_end", "mostly_saturated", "zeros_and_ones"]
+           "near0_start", "near0_end", "near1_start", "near1_end", "mostly_saturated", "zeros_and_ones", "chrono_init"]
 
 
 def keep_gate(cell: str) -> str | None:
@@ -64,6 +66,15 @@ def _end(runs: pd.DataFrame, key: str) -> float:
     return float(runs[col].mean()) if col in runs and runs[col].notna().any() else math.nan
 
 
+def chrono(runs: pd.DataFrame) -> str:
+    """model.chrono_init of these runs: "on", "off", "mixed", or "—" where the runs did not record it."""
+    col = "params.model.chrono_init"
+    values = set(runs[col].dropna().astype(str).str.lower()) if col in runs else set()
+    if not values:
+        return "—"
+    return {frozenset({"true"}): "on", frozenset({"false"}): "off"}.get(frozenset(values), "mixed")
+
+
 def claims(near0: float, near1: float, saturation: float) -> tuple[str, str]:
     """('yes'/'no', 'yes'/'no'/'not recorded') for mostly saturated and mostly zeros and ones."""
     if not math.isfinite(saturation):
@@ -96,6 +107,7 @@ def gates(an: Analysis) -> Table:
                 row[f"{end}_end"] = _end(runs, f"{base}/{end}")
             row["mostly_saturated"], row["zeros_and_ones"] = claims(row["near0_end"], row["near1_end"],
                                                                     row["saturation_end"])
+            row["chrono_init"] = chrono(runs)
             rows.append(row)
     raw = pd.DataFrame(rows, columns=COLUMNS)
     display = pd.DataFrame([{"cell": r["cell"], "layer": r["layer"],
@@ -105,7 +117,7 @@ def gates(an: Analysis) -> Table:
                              "near 0 at end": _recorded(r["near0_end"]), "near 1 at end": _recorded(r["near1_end"]),
                              "mean at start": fmt(r["mean_start"]), "mean at end": fmt(r["mean_end"]),
                              "mostly saturated": r["mostly_saturated"], "mostly zeros and ones": r["zeros_and_ones"],
-                             "n seeds": fmt(r["n"])} for _, r in raw.iterrows()])
+                             "chrono init": r["chrono_init"], "n seeds": fmt(r["n"])} for _, r in raw.iterrows()])
     return Table("gates", raw, display, strong_rows=[i for i, k in enumerate(raw["keep_gate"]) if k])
 
 

@@ -1,0 +1,205 @@
+"""docs/findings.md from the committed reports' generated claims: the page's prose is written by hand, every
+number in it comes from a report, through a directive that this module expands in place.
+
+A directive is an HTML comment on its own line, followed by the block it generates and ``<!-- end -->``::
+
+    <!-- claim study-mnist1d standing -->     the claim's text, quoted, with the report it comes from
+    <!-- relevance study-mnist1d -->          sgru and mgu against gru: the verdicts of the reference claim
+    <!-- gates study-mnist1d -->              the state-keeping gate per cell: chrono, before -> after
+    <!-- sweep study-mnist1d -->              what the sweep cost: runs, training and wall hours (compute.csv)
+    <!-- verdicts A B C -->                   each cell against gru, one column per report
+
+Expanding is idempotent: the file is its own template, so ``python -m suite.report.findings docs/findings.md``
+rewrites the generated blocks from the reports named (``reports/NAME/`` beside ``docs/``), and ``--check``
+exits 1, naming the first stale block, when the page and the reports disagree (tests/test_findings.py).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+from .tables import fmt
+
+DIRECTIVE = re.compile(r"^<!-- (claim|relevance|gates|sweep|verdicts) ([^>]*?) -->$")
+END = "<!-- end -->"
+NO_RELEVANCE_GATE = (("sgru", "update gate only"), ("mgu", "one gate for both roles"))
+EFFECT = {"log": "ratio", "logit": "odds ratio", "raw": "difference"}
+
+
+class FindingsError(ValueError):
+    """A directive that names a report or a claim the reports do not have."""
+
+
+class Reports:
+    """The committed reports a page cites, read once each (claims.json and the CSVs a directive needs)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._claims: dict[str, dict] = {}
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        if not (path / "claims.json").is_file():
+            raise FindingsError(f"no report {name!r} under {self.root} (no {name}/claims.json)")
+        return path
+
+    def doc(self, name: str) -> dict:
+        if name not in self._claims:
+            self._claims[name] = json.loads((self.folder(name) / "claims.json").read_text(encoding="utf-8"))
+        return self._claims[name]
+
+    def claim(self, name: str, cid: str) -> dict:
+        for c in self.doc(name)["claims"]:
+            if c["id"] == cid:
+                return c
+        raise FindingsError(f"report {name!r} has no claim {cid!r} (rebuild it with rnnsuite report)")
+
+    def rows(self, name: str, table: str) -> list[dict]:
+        with open(self.folder(name) / table, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+
+def _source(name: str) -> str:
+    return f"[{name}](../reports/{name}/report.md)"
+
+
+def _claim(reports: Reports, name: str, cid: str) -> list[str]:
+    return [f"> {reports.claim(name, cid)['text']} ({_source(name)}, claim `{cid}`)"]
+
+
+def _verdict(entry: dict | None, effect: str) -> str:
+    if entry is None:
+        return "—"
+    return f"{entry['outcome']} ({effect} {fmt(entry['ratio'], 3)}, Holm p = {fmt(entry['p_holm'], 3)})"
+
+
+def _relevance(reports: Reports, name: str) -> list[str]:
+    doc = reports.doc(name)
+    meta, ref = doc["meta"], reports.claim(name, "reference")["numbers"]
+    effect = EFFECT[meta["scale"]]
+    shown = [f"{cell} ({what}) {_verdict(ref.get(cell), effect)}" for cell, what in NO_RELEVANCE_GATE]
+    return [f"Against {meta['reference']} on `{meta['metric']}` ({meta['scale']} scale): " + "; ".join(shown)
+            + f" ({_source(name)}, claim `reference`)."]
+
+
+def _gates(reports: Reports, name: str) -> list[str]:
+    numbers = reports.claim(name, "gates")["numbers"]
+    out = ["| cell | gate | chrono init | mostly saturated, before → after "
+           "| mostly zeros and ones, before → after |",
+           "|---|---|---|---|---|"]
+    for cell, v in numbers.items():
+        before = (v.get("mostly_saturated_start", "—"), v.get("zeros_and_ones_start", "—"))
+        out.append(f"| {cell} | {v['gate']} | {v.get('chrono', '—')} | {before[0]} → {v['mostly_saturated']} | "
+                   f"{before[1]} → {v['zeros_and_ones']} |")
+    return out + ["", f"From {_source(name)}, claim `gates` (the rule and the fractions are in its text)."]
+
+
+def _sweep(reports: Reports, name: str) -> list[str]:
+    compute = reports.rows(name, "compute.csv")[0]
+    board = [r for r in reports.rows(name, "leaderboard.csv") if r["source"] == "this sweep"]
+    trials = sorted({r["trials"] for r in board})
+    seeds = sorted({r["n_planned"] for r in board if r.get("n_planned")})
+    hours = {k: fmt(float(compute[k]) / 3600, 3) for k in ("train_s", "active_wall_s")}
+    return [f"{len(board)} cells, {' or '.join(trials)} search trials and {' or '.join(seeds) or '—'} confirmation "
+            f"seeds each; {compute['runs']} runs, {hours['train_s']} h of training summed, {hours['active_wall_s']} h "
+            f"of wall time with a run active ({_source(name)}, `compute.csv`)."]
+
+
+def _verdicts(reports: Reports, names: list[str]) -> list[str]:
+    docs = {n: reports.doc(n) for n in names}
+    refs = {n: reports.claim(n, "reference")["numbers"] for n in names}
+    reference = {d["meta"]["reference"] for d in docs.values()}
+    if len(reference) != 1:
+        raise FindingsError(f"the reports compare against different references {sorted(reference)}")
+    ref = reference.pop()
+    cells: list[str] = []
+    for n in names:
+        cells += [c for c in refs[n] if c not in cells]
+    head = [f"{_source(n)}: `{d['meta']['metric']}`, {EFFECT[d['meta']['scale']]}" for n, d in docs.items()]
+    out = [f"| cell against {ref} | " + " | ".join(head) + " |", "|---|" + "---|" * len(names)]
+    for cell in cells:
+        out.append(f"| {cell} | " + " | ".join(_verdict(refs[n].get(cell), EFFECT[docs[n]["meta"]["scale"]])
+                                             for n in names) + " |")
+    return out
+
+
+def block(reports: Reports, kind: str, args: list[str]) -> list[str]:
+    """The lines a directive generates (without the directive and its end marker)."""
+    if kind == "claim":
+        if len(args) != 2:
+            raise FindingsError(f"claim takes REPORT CLAIM_ID, got {' '.join(args)!r}")
+        return _claim(reports, *args)
+    if kind == "verdicts":
+        if not args:
+            raise FindingsError("verdicts takes one report or more")
+        return _verdicts(reports, args)
+    if len(args) != 1:
+        raise FindingsError(f"{kind} takes one report, got {' '.join(args)!r}")
+    return {"relevance": _relevance, "gates": _gates, "sweep": _sweep}[kind](reports, args[0])
+
+
+def expand(text: str, reports: Reports) -> str:
+    """The page with every directive's block regenerated; text outside the blocks is kept as is."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        m = DIRECTIVE.match(line.strip())
+        if not m:
+            continue
+        try:
+            end = lines.index(END, i)
+        except ValueError:
+            raise FindingsError(f"line {i}: {line.strip()} has no {END} after it") from None
+        nested = [k for k in range(i, end) if DIRECTIVE.match(lines[k].strip())]
+        if nested:
+            raise FindingsError(f"line {nested[0] + 1}: a directive inside the block of line {i}")
+        out += block(reports, m.group(1), m.group(2).split()) + [END]
+        i = end + 1
+    return "\n".join(out)
+
+
+def generated_spans(text: str) -> list[tuple[int, int]]:
+    """(first, last) line index of every generated block, directive and end marker included."""
+    lines, spans = text.split("\n"), []
+    for i, line in enumerate(lines):
+        if DIRECTIVE.match(line.strip()) and END in lines[i:]:
+            spans.append((i, lines.index(END, i)))
+    return spans
+
+
+def main(argv: list[str]) -> int:
+    """``python -m suite.report.findings [--check] PAGE``: rewrite PAGE's blocks (or check them) from reports/."""
+    check = "--check" in argv
+    paths = [a for a in argv if a != "--check"]
+    if len(paths) != 1:
+        print("usage: python -m suite.report.findings [--check] docs/findings.md", file=sys.stderr)
+        return 2
+    page = Path(paths[0])
+    try:
+        text = page.read_text(encoding="utf-8")
+        new = expand(text, Reports(page.resolve().parent.parent / "reports"))
+    except (OSError, FindingsError) as e:
+        print(f"rnnsuite: error: {e}", file=sys.stderr)
+        return 2
+    if check:
+        if new != text:
+            old, fresh = text.split("\n"), new.split("\n")
+            first = next((k for k, (a, b) in enumerate(zip(old, fresh)) if a != b), min(len(old), len(fresh)))
+            print(f"{page}: line {first + 1} differs from what the reports give; run python -m suite.report.findings "
+                  f"{page}")
+            return 1
+        print(f"{page}: every generated block matches the reports")
+        return 0
+    if new != text:
+        page.write_text(new, encoding="utf-8")
+    print(f"{page}: {len(generated_spans(new))} blocks from the reports")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""docs/findings.md against the committed reports (suite/report/findings.py): every generated block is what the
+reports' claims and tables give today, every report it cites recomputes its claims from its CSVs, and the prose
+written by hand between the blocks carries no number of its own (a number there could drift from the data)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite.report.check import check_claims
+from suite.report.findings import DIRECTIVE, FindingsError, Reports, expand, generated_spans
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "findings.md"
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")  # gru1, mnist1d, study-adding-T200, MNIST-1D: names, not numbers
+ALLOWED = re.compile(r"T=\d+|(19|20)\d\d")  # a sequence length in a task's name; a citation's year
+
+
+def cited_reports(text: str) -> list[str]:
+    names: list[str] = []
+    for line in text.split("\n"):
+        m = DIRECTIVE.match(line.strip())
+        if m:
+            args = m.group(2).split()
+            names += [n for n in (args[:1] if m.group(1) == "claim" else args) if n not in names]
+    return names
+
+
+def numbers_in_prose(text: str) -> list[str]:
+    """Sentences written by hand (outside generated blocks, code, link targets and comments) with a number."""
+    lines = text.split("\n")
+    for first, last in generated_spans(text):
+        lines[first:last + 1] = [""] * (last + 1 - first)
+    prose = re.sub(r"```.*?```", " ", "\n".join(lines), flags=re.S)
+    prose = re.sub(r"`[^`]*`|\]\([^)]*\)|<!--.*?-->", " ", prose, flags=re.S)
+    found = []
+    for sentence in re.split(r"(?<=[.;:!?])\s+|\n\s*\n", prose):
+        for token in re.findall(r"[A-Za-z0-9_=.,\-]*\d[A-Za-z0-9_=.,\-]*", sentence):
+            token = token.strip(".,-")
+            if not (NAME.fullmatch(token) or ALLOWED.fullmatch(token)):
+                found.append(f"{token!r} in: {sentence.strip()[:160]}")
+    return found
+
+
+def test_the_page_is_what_the_reports_give_today():
+    text = PAGE.read_text(encoding="utf-8")
+    assert generated_spans(text), "docs/findings.md has no generated block"
+    assert expand(text, Reports(ROOT / "reports")) == text, \
+        "docs/findings.md is stale: run python -m suite.report.findings docs/findings.md"
+
+
+@pytest.mark.parametrize("report", cited_reports(PAGE.read_text(encoding="utf-8")))
+def test_every_cited_report_recomputes_its_claims_from_its_csvs(report):
+    assert check_claims(ROOT / "reports" / report) == []
+
+
+def test_the_prose_between_the_blocks_carries_no_number():
+    assert numbers_in_prose(PAGE.read_text(encoding="utf-8")) == []
+
+
+def test_a_number_in_the_prose_is_found_and_names_are_not():
+    page = ("# Findings on study-adding-T200 and MNIST-1D\n\ngru1 and gru3 (Tallec & Ollivier 2018) at T=50.\n\n"
+            "<!-- claim x standing -->\n> 0.962 is generated\n<!-- end -->\n\n"
+            "Here gru1 reaches 0.96 accuracy.\n\n`rnnsuite sweep sweeps/study-copy-T50.yaml --workers 2`\n")
+    assert [f.split(" in: ")[0] for f in numbers_in_prose(page)] == ["'0.96'"]
+
+
+def _reports_copy(tmp_path: Path, text: str) -> Path:
+    """The page `text` in tmp_path/docs, beside copies of the committed reports it names that exist."""
+    for name in cited_reports(text):
+        src = ROOT / "reports" / name
+        if not src.is_dir() or (tmp_path / "reports" / name).exists():
+            continue
+        shutil.copytree(src, tmp_path / "reports" / name, ignore=shutil.ignore_patterns("*.png", "*.tar.gz", "*.html"))
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "findings.md"
+    page.write_text(text, encoding="utf-8")
+    return page
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "suite.report.findings", *map(str, args)], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+
+
+def test_a_changed_claim_makes_the_page_stale_and_the_command_rewrites_it(tmp_path):
+    text = PAGE.read_text(encoding="utf-8")
+    page = _reports_copy(tmp_path, text)
+    assert _cli("--check", page).returncode == 0
+    name = next(n for n in cited_reports(text) if f"<!-- claim {n} standing -->" in text)
+    doc_path = tmp_path / "reports" / name / "claims.json"
+    doc = json.loads(doc_path.read_text())
+    standing = next(c for c in doc["claims"] if c["id"] == "standing")
+    standing["text"] = standing["text"].replace("**", "__", 1)
+    doc_path.write_text(json.dumps(doc))
+    stale = _cli("--check", page)
+    assert stale.returncode == 1 and "differs from what the reports give" in stale.stdout
+    assert page.read_text(encoding="utf-8") == text  # --check writes nothing
+    fixed = _cli(page)
+    assert fixed.returncode == 0 and standing["text"] in page.read_text(encoding="utf-8")
+    assert _cli("--check", page).returncode == 0
+
+
+@pytest.mark.parametrize("directive, message", [
+    ("<!-- claim nowhere standing -->", "no report 'nowhere'"),
+    ("<!-- claim {r} no_such_claim -->", "has no claim 'no_such_claim'"),
+    ("<!-- gates {r} {r} -->", "gates takes one report"),
+])
+def test_a_bad_directive_is_one_line_and_exit_2(tmp_path, directive, message):
+    report = cited_reports(PAGE.read_text(encoding="utf-8"))[0]
+    page = _reports_copy(tmp_path, f"# x\n\n{directive.format(r=report)}\n<!-- end -->\n")
+    out = _cli("--check", page)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1 and message in out.stderr
+
+
+def test_a_directive_without_its_end_is_refused():
+    with pytest.raises(FindingsError, match="has no <!-- end -->"):
+        expand("<!-- claim x standing -->\ntext\n", Reports(ROOT / "reports"))
