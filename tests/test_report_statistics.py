@@ -118,6 +118,21 @@ def test_a_winner_only_when_it_beats_every_other_cell():
     assert list(raw["p_scale_holm"]) == pytest.approx(holm(list(raw["p_scale"])))
 
 
+def test_the_continuity_correction_counts_the_split_the_metric_was_measured_on():
+    """MNIST-1D holds 500 training examples out for validation and tests on its own 1,000: the N of
+    logit((a·N + ½)/(N + 1)) follows the split; without a task, the runs' task.val_size (synthetic tasks test on
+    as many sequences as they validate on)."""
+    from suite import tasks
+    from suite.report.analysis import n_eval
+
+    runs = pd.DataFrame({"params.task.val_size": ["500"]})
+    data = SimpleNamespace(task=tasks.build("mnist1d", val_size=500), runs=runs)
+    assert (n_eval(data, "test/acc"), n_eval(data, "val/acc")) == (1000, 500)
+    adding = SimpleNamespace(task=tasks.build("adding", length=10, val_size=256), runs=runs)
+    assert n_eval(adding, "test/mse") == 256
+    assert n_eval(SimpleNamespace(task=None, runs=runs), "test/acc") == 500
+
+
 def test_accuracy_verdicts_read_higher_as_better():
     an = analysis({"ref": [0.50, 0.52, 0.48], "good": [0.99, 0.995, 0.985]}, metric="test/acc",
                   direction="maximize", n_eval=1000)

@@ -17,6 +17,7 @@ import torch
 from suite import tasks
 from suite.model import READOUTS
 from suite.tasks.base import ENCODINGS
+from suite.tasks.lm import LanguageModelling
 from tests.test_tasks_mnist import fake_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +110,18 @@ def test_fixed_sets_are_identical_in_another_process_and_across_builds(name, dat
     assert fingerprint(name, opts) == here  # a second build in this process too
     task = tasks.build(name, **opts)
     assert task.val_batches("cpu") is task.val_batches("cpu")  # built once, then kept
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_size_counts_the_sequences_of_each_fixed_set(name, data):
+    """What the report's continuity correction takes as N (suite.report.analysis): the sequences a split's
+    metric averages over, or None for a task that does not count them in sequences (a corpus counts tokens)."""
+    task = tasks.build(name, **tiny_options(name, data))
+    for split, batches in (("val", task.val_batches("cpu")), ("test", task.test_batches("cpu"))):
+        n = task.eval_size(split)
+        assert n is None or (batches is not None and n == sum(b.size for b in batches)), (split, n)
+    if not isinstance(task, LanguageModelling):  # every other task counts both fixed sets in sequences
+        assert task.eval_size("val") and task.eval_size("test")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -33,7 +33,7 @@ def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "we
         an.primary = test_metric
     an.samples = {c: an.confirmed.loc[an.confirmed["cell"] == c, an.col(an.primary)].dropna().tolist()
                   if len(an.confirmed) else [] for c in cells}
-    an.scale = scale_for(an.primary, _n_eval(data.runs))
+    an.scale = scale_for(an.primary, n_eval(data, an.primary))
     an.margin = tuple(data.spec.get("equivalence") or DEFAULT_EQUIVALENCE)
     for builder in (leaderboard, significance, pairs, gates, fairness, compute, trials_table, per_run):
         table = builder(an)
@@ -50,9 +50,16 @@ def analyse(data: SweepData, reference: str = DEFAULT_REFERENCE, test: str = "we
     return an
 
 
-def _n_eval(runs: pd.DataFrame) -> int | None:
-    """Sequences in the fixed evaluation set (synthetic tasks: val_size, the test set has as many)."""
-    col = "params.task.val_size"
+def n_eval(data, primary: str) -> int | None:
+    """Examples in the fixed set the primary metric was measured on: the rebuilt task's count for its split
+    (MNIST-1D: 500 held out for val, 1,000 in test), else the runs' task.val_size (synthetic tasks generate the
+    test set with as many sequences)."""
+    task = data.task
+    split = "test" if primary.startswith("test/") else "val"
+    n = task.eval_size(split) if task is not None else None
+    if n:
+        return int(n)
+    runs, col = data.runs, "params.task.val_size"
     if not len(runs) or col not in runs:
         return None
     values = pd.to_numeric(runs[col], errors="coerce").dropna()

@@ -168,6 +168,11 @@ class Task:
     def test_batches(self, device) -> list[Batch] | None:
         return None
 
+    def eval_size(self, split: str) -> int | None:
+        """Examples in the fixed "val" or "test" set (the N of the report's continuity correction for an
+        accuracy); None where a split is not counted in examples (a corpus is counted in tokens)."""
+        return None
+
     # ------------------------------------------------------------------ objectives and metrics
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         raise NotImplementedError
@@ -292,3 +297,6 @@ class SyntheticTask(Task):
     def test_batches(self, device) -> list[Batch]:
         """A second fixed set, independent of the validation set (model selection uses val, reports use test)."""
         return self._fixed_set("test", device)
+
+    def eval_size(self, split: str) -> int:
+        return self.val_size  # the test set is generated with as many sequences as the validation set

@@ -131,6 +131,9 @@ class ClassificationTask(Task):
     def test_batches(self, device) -> list[Batch]:
         return self._eval("test", device)
 
+    def eval_size(self, split: str) -> int:
+        return len(self.splits[split].y)  # holdout: val_size held out of train; test: the dataset's own
+
     # ------------------------------------------------------------------ objectives and metrics
     @staticmethod
     def logits(outputs: Tensor) -> Tensor:
