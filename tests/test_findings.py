@@ -121,3 +121,42 @@ def test_a_bad_directive_is_one_line_and_exit_2(tmp_path, directive, message):
 def test_a_directive_without_its_end_is_refused():
     with pytest.raises(FindingsError, match="has no <!-- end -->"):
         expand("<!-- claim x standing -->\ntext\n", Reports(ROOT / "reports"))
+
+
+def _synthetic_report(root: Path, name: str, test_mse: dict[str, list[float]]) -> Path:
+    """A report of a synthetic 2-cell sweep (gru, lstm) whose confirmation seeds score `test_mse`."""
+    import mlflow
+
+    from suite.bench.synth import STEPS, write_synthetic_sweep
+    from suite.report import build_report
+
+    made = write_synthetic_sweep(root / name, n_runs=14, n_cells=2, name=name)
+    client = mlflow.MlflowClient(made["tracking_uri"])
+    exp = client.get_experiment_by_name(name).experiment_id
+    for run in client.search_runs([exp], "tags.phase = 'confirm'"):
+        cell, seed = run.data.tags["cell"], int(run.data.tags["seed"])
+        client.log_metric(run.info.run_id, "test/mse", test_mse[cell][seed - 1], step=STEPS + 1)
+    out = root / "reports" / name
+    build_report(name, out, storage=made["storage"], tracking_uri=made["tracking_uri"], log_artifacts=False)
+    return out
+
+
+def test_an_ablation_compares_the_seeds_of_the_cells_two_reports_share(tmp_path):
+    """gru's seeds 10x worse in the ablation: worse at a ratio of exactly 10; lstm's the same: not 'worse'."""
+    same = [2e-4, 3e-4, 2.5e-4]
+    gru = [1e-4, 2e-4, 1.5e-4]
+    _synthetic_report(tmp_path, "main", {"gru": gru, "lstm": same})
+    _synthetic_report(tmp_path, "flip", {"gru": [10 * v for v in gru], "lstm": same})
+    page = "<!-- ablation main flip -->\n<!-- end -->\n"
+    rows = {line.split(" | ")[0].strip("| "): line for line in
+            expand(page, Reports(tmp_path / "reports")).split("\n") if line.startswith("| ") and "---" not in line}
+    assert "worse (ratio 10, Holm p = " in rows["gru"]
+    p_gru = float(rows["gru"].split("Holm p = ")[1].split(")")[0])
+    assert p_gru < 0.05
+    assert "ratio 1," in rows["lstm"] and "worse" not in rows["lstm"] and "better" not in rows["lstm"]
+    assert "n = 3" in rows["gru"] and set(rows) == {"cell", "gru", "lstm"}
+    with pytest.raises(FindingsError, match="share no cell"):
+        (tmp_path / "reports" / "other").mkdir()
+        shutil.copy(tmp_path / "reports" / "main" / "claims.json", tmp_path / "reports" / "other" / "claims.json")
+        (tmp_path / "reports" / "other" / "leaderboard.csv").write_text("cell,source\n")
+        expand("<!-- ablation main other -->\n<!-- end -->\n", Reports(tmp_path / "reports"))

@@ -24,7 +24,8 @@ from .verdicts import judge
 REL = 1e-9
 
 
-def _seeds(text) -> list[float]:
+def seed_values(text) -> list[float]:
+    """The finite per-seed values of a leaderboard's `<key>_seeds` cell (\"1:0.5;2:diverged;3:0.7\")."""
     out = []
     for part in (text.split(";") if isinstance(text, str) and text else []):
         value = part.partition(":")[2]
@@ -49,7 +50,7 @@ class _Check:
         self.scale: Scale = scale_for(m["metric"], m["n_eval"])
         lb = pd.read_csv(folder / "leaderboard.csv")
         self.ours = lb[lb["source"] == "this sweep"].set_index("cell")
-        self.samples = {c: _seeds(r[f"{m['key']}_seeds"]) for c, r in self.ours.iterrows()}
+        self.samples = {c: seed_values(r[f"{m['key']}_seeds"]) for c, r in self.ours.iterrows()}
         self.problems: list[str] = []
 
     def fail(self, cid: str, what: str) -> None:

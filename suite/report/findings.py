@@ -8,6 +8,7 @@ A directive is an HTML comment on its own line, followed by the block it generat
     <!-- gates study-mnist1d -->              the state-keeping gate per cell: chrono, before -> after
     <!-- sweep study-mnist1d -->              what the sweep cost: runs, training and wall hours (compute.csv)
     <!-- verdicts A B C -->                   each cell against gru, one column per report
+    <!-- ablation MAIN OTHER -->              the cells of both: OTHER's seeds against MAIN's (an ablation sweep)
 
 Expanding is idempotent: the file is its own template, so ``python -m suite.report.findings docs/findings.md``
 rewrites the generated blocks from the reports named (``reports/NAME/`` beside ``docs/``), and ``--check``
@@ -21,9 +22,13 @@ import re
 import sys
 from pathlib import Path
 
+from .check import seed_values
+from .scale import compare, scale_for
+from .stats import holm
 from .tables import fmt
+from .verdicts import judge
 
-DIRECTIVE = re.compile(r"^<!-- (claim|relevance|gates|sweep|verdicts) ([^>]*?) -->$")
+DIRECTIVE = re.compile(r"^<!-- (claim|relevance|gates|sweep|verdicts|ablation) ([^>]*?) -->$")
 END = "<!-- end -->"
 NO_RELEVANCE_GATE = (("sgru", "update gate only"), ("mgu", "one gate for both roles"))
 EFFECT = {"log": "ratio", "logit": "odds ratio", "raw": "difference"}
@@ -126,6 +131,40 @@ def _verdicts(reports: Reports, names: list[str]) -> list[str]:
     return out
 
 
+def _ablation(reports: Reports, main: str, other: str) -> list[str]:
+    """Each cell of both reports: OTHER's confirmation seeds against MAIN's, on MAIN's analysis scale, Welch's
+    test Holm-corrected over the cells compared, equivalence by two one-sided tests inside MAIN's margin."""
+    metas = [reports.doc(n)["meta"] for n in (main, other)]
+    if (metas[0]["metric"], metas[0]["scale"]) != (metas[1]["metric"], metas[1]["scale"]):
+        raise FindingsError(f"{main} and {other} compare different metrics or scales: "
+                            f"{metas[0]['metric']} ({metas[0]['scale']}), {metas[1]['metric']} ({metas[1]['scale']})")
+    meta, key = metas[0], metas[0]["key"]
+    boards = [{r["cell"]: r for r in reports.rows(n, "leaderboard.csv") if r["source"] == "this sweep"}
+              for n in (main, other)]
+    cells = [c for c in boards[0] if c in boards[1]]
+    if not cells:
+        raise FindingsError(f"{main} and {other} share no cell")
+    scale, margin = scale_for(meta["metric"], meta["n_eval"]), tuple(meta["margin"])
+    comps = [compare(seed_values(boards[1][c][f"{key}_seeds"]), seed_values(boards[0][c][f"{key}_seeds"]), scale,
+                     margin) for c in cells]
+    q, t = holm([c.p for c in comps]), holm([c.p_tost for c in comps])
+    effect = EFFECT[meta["scale"]]
+
+    def summary(row: dict) -> str:
+        lo, hi = (fmt(float(row[f"{key}_{end}"]), 3) for end in ("lo", "hi"))
+        return f"{fmt(float(row[f'{key}_center']))} ({lo}–{hi}, n = {row['n']})"
+
+    out = [f"| cell | {_source(main)} | {_source(other)} | {other} against {main} |", "|---|---|---|---|"]
+    for c, comp, qi, ti in zip(cells, comps, q, t):
+        verdict = judge(comp.effect, qi, ti, scale.ratio, meta["direction"])
+        out.append(f"| {c} | {summary(boards[0][c])} | {summary(boards[1][c])} | {verdict} ({effect} "
+                   f"{fmt(comp.effect, 3)}, Holm p = {fmt(qi, 3)}) |")
+    return out + ["", f"`{meta['metric']}` on the {meta['scale']} scale (centre and 95% interval over the seeds), "
+                      f"Welch's t-test Holm-corrected over the {len(cells)} cells; equivalent = the {effect} inside "
+                      f"[{fmt(margin[0])}, {fmt(margin[1])}] by two one-sided tests. From the reports' "
+                      f"`leaderboard.csv`."]
+
+
 def block(reports: Reports, kind: str, args: list[str]) -> list[str]:
     """The lines a directive generates (without the directive and its end marker)."""
     if kind == "claim":
@@ -136,6 +175,10 @@ def block(reports: Reports, kind: str, args: list[str]) -> list[str]:
         if not args:
             raise FindingsError("verdicts takes one report or more")
         return _verdicts(reports, args)
+    if kind == "ablation":
+        if len(args) != 2:
+            raise FindingsError(f"ablation takes MAIN OTHER, got {' '.join(args)!r}")
+        return _ablation(reports, *args)
     if len(args) != 1:
         raise FindingsError(f"{kind} takes one report, got {' '.join(args)!r}")
     return {"relevance": _relevance, "gates": _gates, "sweep": _sweep}[kind](reports, args[0])
