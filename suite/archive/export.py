@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..registry import SuiteError
+from ..sweep.contract import sweep_of
 from ..report.data import (choose_storage, find_parent, mlflow_client, no_artifact_progress_bars, open_optuna,
                            sweep_name)
 from ..tracking import mask, resolve_tracking_uri
@@ -40,7 +41,7 @@ def export_sweep(name_or_file: str, out: str | Path, storage: str | None = None,
     experiment_id, parent = find_parent(client, name, uri)
     storage_url = choose_storage(storage, parent)
     store = open_optuna(storage_url)
-    studies = sorted((s for s in store.get_all_studies() if s.study_name.startswith(name + "/")),
+    studies = sorted((s for s in store.get_all_studies() if sweep_of(s.study_name) == name),
                      key=lambda s: s.study_name)
     if not studies:
         raise SuiteError(f"the Optuna storage {mask(storage_url)} holds no study of sweep {name!r}; pass the "

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..registry import SuiteError
+from ..sweep.contract import sweep_of
 from ..tracking import mask
 from .export import SOURCE_TAG, origin_id
 from .fmt import Archive
@@ -111,7 +112,7 @@ class Destination:
     def studies(self, name: str) -> list[str]:
         store = self.storage()
         return [] if store is None else sorted(s.study_name for s in store.get_all_studies()
-                                               if s.study_name.startswith(name + "/"))
+                                               if sweep_of(s.study_name) == name)
 
 
 def inspect(dest: Destination, archive: Archive) -> tuple[str, object]:
