@@ -91,3 +91,17 @@ def test_the_run_summary_numbers_are_the_check_s():
     env = summary["environment"]
     assert env["gpu"] == "NVIDIA H200" and env["torch"] == "2.11.0+cu130" and "torch 2.11.0+cu130" in section
     assert summary["git"].startswith("a947c6b") and "`a947c6b`" in section
+
+
+def test_the_changelog_quotes_the_same_gpu_figures():
+    """The CHANGELOG's one-line summary of the run, recomputed from the same JSON (rounded as it prints them)."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    line = " ".join(text[text.index("- **GPU numbers**"):].split("\n- ", 1)[0].split())
+    eager, graphs, packed = load("bench-cells.json"), load("bench-cells-graphs.json"), load("bench-packed.json")
+    loops = [n for n in eager["targets"] if n not in ("cell:mingru", "cell:minlstm")]
+    e = [eager["targets"][n]["value"] for n in loops]
+    g = [graphs["targets"][n]["value"] for n in loops]
+    assert f"custom cells {min(e):.1f}-{max(e):.1f}x cuDNN nn.GRU eager" in line
+    assert f"{min(g):.2f}-{max(g):.2f}x from CUDA graphs" in line
+    assert f"packed trials {max(packed['packed'].values()):.1f}x trials per hour (10x target missed)" in line
+    assert not packed["targets"]["packed"]["pass"] and load("gpu-check.json")["environment"]["gpu"] in line
