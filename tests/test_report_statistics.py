@@ -172,6 +172,35 @@ def test_saturation_is_split_by_chrono_init_where_it_was_searched():
     assert chrono_split(an) is None
 
 
+def test_the_chrono_claim_applies_the_gate_rule_per_setting_and_is_recomputed(tmp_path):
+    import json
+
+    from suite.report.check import check_claims
+    from suite.report.claims import chrono_claims
+
+    runs = pd.DataFrame({"cell": ["gru"] * 4, "params.model.chrono_init": ["True", "True", "False", "False"],
+                         "metrics.gates/l0/z/saturation": [0.8, 0.6, 0.1, 0.2],
+                         "metrics.gates/l0/z/near0": [0.3, 0.2, 0.05, 0.1],
+                         "metrics.gates/l0/z/near1": [0.5, 0.4, 0.05, 0.1]})
+    an = Analysis(data=SimpleNamespace(spec={"search": {"model.chrono_init": {"type": "choice"}}}, runs=runs),
+                  cells=["gru"], metric="val/mse", primary="val/mse", direction="minimize", reference="gru")
+    an.tables["gates_chrono"] = chrono_split(an)
+    [c] = chrono_claims(an)
+    assert c["numbers"] == {"gru": {"True": {"mostly_saturated": "yes", "zeros_and_ones": "yes", "runs": 2},
+                                    "False": {"mostly_saturated": "no", "zeros_and_ones": "no", "runs": 2}}}
+    assert "chrono on (2 runs): near 0 0.25, near 1 0.45" in c["text"] and "chrono off (2 runs)" in c["text"]
+    an.tables["gates_chrono"].raw.to_csv(tmp_path / "gates_chrono.csv", index=False)
+    (tmp_path / "leaderboard.csv").write_text("cell,source,val_mse_seeds\ngru,this sweep,1:0.1\n")
+    meta = {"metric": "val/mse", "n_eval": None, "key": "val_mse"}
+    (tmp_path / "claims.json").write_text(json.dumps({"meta": meta, "claims": [c]}))
+    assert check_claims(tmp_path) == []
+    t = pd.read_csv(tmp_path / "gates_chrono.csv")
+    off = t["chrono_init"].astype(str) == "False"
+    t.loc[off, ["saturation_end", "near0_end", "near1_end"]] = [0.9, 0.2, 0.7]  # off now at both ends too
+    t.to_csv(tmp_path / "gates_chrono.csv", index=False)
+    assert [p.split(":")[0] for p in check_claims(tmp_path)] == ["claim gates_chrono"]
+
+
 # ---------------------------------------------------------------------------------------------- 2 and 7: sweep
 def _sweep_file(tmp_path, **extra):
     spec = {"name": "k", "task": "adding", "cells": ["gru"], "budget": {"trials": 2, "steps": 5}, **extra}

@@ -145,6 +145,7 @@ def _why_claims(an: Analysis) -> list[dict]:
                                                                                  "diag/grad_decay"]))
     out += _grad_solving_claims(an)
     out += _gate_claims(an)
+    out += chrono_claims(an)
     imp = an.tables["importance"].raw
     if len(imp):
         top = imp.loc[imp.groupby("cell")["importance"].idxmax()]
@@ -228,6 +229,34 @@ def _gate_claims(an: Analysis) -> list[dict]:
     return [claim("gates", text, numbers, "gates", ["near0_start", "near0_end", "near1_start", "near1_end",
                                                     "saturation_start", "saturation_end", "chrono_init",
                                                     "mostly_saturated", "zeros_and_ones"])]
+
+
+def chrono_rule(near0: float, near1: float, saturation: float) -> dict:
+    """The gate claims' rule on one row of gates_chrono.csv."""
+    mostly, both = gate_claims(near0, near1, saturation)
+    return {"mostly_saturated": mostly, "zeros_and_ones": both}
+
+
+def chrono_claims(an: Analysis) -> list[dict]:
+    t = an.tables.get("gates_chrono")
+    if t is None or not len(t.raw):
+        return []
+    numbers: dict[str, dict] = {}
+    shown = []
+    for cell, rows in t.raw.groupby("cell", sort=False):
+        parts = []
+        for r in rows.itertuples():
+            numbers.setdefault(cell, {})[r.chrono_init] = {**chrono_rule(r.near0_end, r.near1_end, r.saturation_end),
+                                                           "runs": int(r.runs)}
+            v = numbers[cell][r.chrono_init]
+            parts.append(f"chrono {'on' if r.chrono_init.lower() == 'true' else 'off'} ({v['runs']} runs): near 0 "
+                         f"{fmt(r.near0_end, 3)}, near 1 {fmt(r.near1_end, 3)}, mostly saturated "
+                         f"{v['mostly_saturated']}, mostly zeros and ones {v['zeros_and_ones']}")
+        shown.append(f"{cell} ({rows['gate'].iloc[0]}) " + "; ".join(parts))
+    text = ("Evidence, gate use with and without chrono initialisation (searched, so every run of a cell counts, "
+            f"search runs included; the state-keeping gate at the end of each run): {' | '.join(shown)}.")
+    return [claim("gates_chrono", text, numbers, "gates_chrono", ["cell", "chrono_init", "runs", "near0_end",
+                                                                  "near1_end", "saturation_end"])]
 
 
 def write_claims(out: Path, claims: dict) -> Path:
