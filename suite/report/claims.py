@@ -196,8 +196,8 @@ def _grad_solving_claims(an: Analysis) -> list[dict]:
 
     text = (f"Evidence, gradient flow and solving: the gradient reaches the start when its log10 ratio between the "
             f"first and the last time steps (diag/grad_decay, above) is over −{fmt(-REACHES)} (less than a "
-            f"hundredfold loss over the sequence); 'solving' = {what}. Reaches "
-            f"the start and solves: {named(g['reaches_solved'])}; neither: {named(g['vanishes_unsolved'])}. "
+            f"hundredfold loss over the sequence); 'solving' = {what}. Reaches the start and solves: "
+            f"{named(g['reaches_solved'])}; neither: {named(g['vanishes_unsolved'])}. "
             f"Exceptions, the gradient reaches the start but the cell does not solve: {named(g['reaches_unsolved'])}; "
             f"solves with a vanishing gradient: {named(g['vanishes_solved'])}.")
     numbers = {"rule": REACHES, "solving": what, "groups": g}
@@ -221,9 +221,8 @@ def _gate_claims(an: Analysis) -> list[dict]:
                            "zeros_and_ones": r.zeros_and_ones, "mostly_saturated_start": before[0],
                            "zeros_and_ones_start": before[1]}
         shown.append(f"{r.cell} ({r.gate}, chrono {r.chrono_init}) near 0: {val(r.near0_start)} → "
-                     f"{val(r.near0_end)}, "
-                     f"near 1: {val(r.near1_start)} → {val(r.near1_end)}; mostly saturated {before[0]} → "
-                     f"{r.mostly_saturated}, mostly zeros and ones {before[1]} → {r.zeros_and_ones}")
+                     f"{val(r.near0_end)}, near 1: {val(r.near1_start)} → {val(r.near1_end)}; mostly saturated "
+                     f"{before[0]} → {r.mostly_saturated}, mostly zeros and ones {before[1]} → {r.zeros_and_ones}")
     text = (f"Evidence, gate use of the state-keeping gate before training → at the end, with the chrono "
             f"initialisation its confirmed runs used: {'; '.join(shown)} ({RULE}).")
     return [claim("gates", text, numbers, "gates", ["near0_start", "near0_end", "near1_start", "near1_end",
