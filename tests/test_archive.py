@@ -163,6 +163,24 @@ def test_round_trip_on_embedded_stores_gives_the_same_report(swept, tmp_path):
         tmp_path / "from" / "report.md").read_text()
 
 
+def test_an_imported_sweep_reads_its_studies_where_it_was_imported_not_where_it_first_ran(swept, tmp_path):
+    """The parent's `storage` param still names the source's journal, which exists on this machine too; the tag
+    rnnsuite.storage says where the studies are now, so export and report read the imported ones (before, they
+    silently read the source's: a stale store once the imported sweep had resumed)."""
+    from suite.report.data import choose_storage, find_parent
+
+    home = tmp_path / "moved"
+    ok(run("import", swept["archive"], home=home, cwd=tmp_path))
+    storage, tracking = stores(home)
+    _, parent = find_parent(mlflow.MlflowClient(tracking), "tiny", tracking)
+    assert parent.data.params["storage"] == stores(swept["home"])[0] and Path(stores(swept["home"])[0]).is_file()
+    assert parent.data.tags["rnnsuite.storage"] == storage
+    assert choose_storage(None, parent) == storage
+    # a sweep command records where it stores its studies now, also when it resumes (here: nothing to do)
+    source_parent = find_parent(mlflow.MlflowClient(stores(swept["home"])[1]), "tiny", stores(swept["home"])[1])[1]
+    assert source_parent.data.tags["rnnsuite.storage"] == stores(swept["home"])[0]
+
+
 def test_importing_twice_changes_nothing(swept, tmp_path):
     home = tmp_path / "home"
     ok(run("import", swept["archive"], home=home, cwd=tmp_path))

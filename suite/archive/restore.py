@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..registry import SuiteError
-from ..sweep.contract import sweep_of
+from ..sweep.contract import LEVEL_TAG, STORAGE_TAG, sweep_of
 from ..tracking import mask
 from .export import SOURCE_TAG, origin_id
 from .fmt import Archive
@@ -292,6 +292,9 @@ def write_optuna(dest: Destination, archive: Archive, trials: dict[str, list], i
 
 
 def finish(dest: Destination, archive: Archive) -> None:
+    """The sweep now lives in `dest`: its parent run says so (tag rnnsuite.storage), and the import is complete."""
     client = dest.client()
     exp = client.get_experiment_by_name(archive.name)
+    for run in client.search_runs([exp.experiment_id], f"tags.`{LEVEL_TAG}` = 'sweep'"):
+        client.set_tag(run.info.run_id, STORAGE_TAG, mask(dest.storage_url))
     client.set_experiment_tag(exp.experiment_id, IMPORT_TAG, "complete")

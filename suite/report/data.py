@@ -28,7 +28,8 @@ from .. import tracking
 from ..registry import SuiteError
 from ..storage import is_journal, open_storage, storage_url
 from ..tracking import mask, resolve_tracking_uri
-from ..sweep.contract import LEVEL_TAG, PHASE_CONFIRM, ContractError, SweepRecord, study_name, sweep_of
+from ..sweep.contract import (LEVEL_TAG, PHASE_CONFIRM, ContractError, SweepRecord, recorded_storage, study_name,
+                              sweep_of)
 from .keys import parse_equivalence
 
 PAGE = 5000  # runs per search_runs page
@@ -108,11 +109,12 @@ def find_parent(client, name: str, uri: str):
 
 
 def choose_storage(flag: str | None, parent) -> str:
-    """--storage, else $RNNSUITE_STORAGE, else where the sweep says it stored its studies (when that is a
-    local path or an unmasked URL that exists here), else the embedded journal."""
+    """--storage, else $RNNSUITE_STORAGE, else where the sweep says its studies are (its tag rnnsuite.storage, set
+    by its last sweep command or import; else its first storage param) when that is a local path that exists
+    here or an unmasked URL, else the embedded journal."""
     if flag or os.environ.get("RNNSUITE_STORAGE"):
         return storage_url(flag)
-    recorded = parent.data.params.get("storage", "")
+    recorded = recorded_storage(parent.data.params, parent.data.tags)
     if recorded and "***" not in recorded:
         local = Path(recorded) if is_journal(recorded) else \
             Path(recorded[len("sqlite:///"):]) if recorded.startswith("sqlite:///") else None

@@ -25,6 +25,16 @@ PARAM_LIMIT = 6000  # characters MLflow keeps of a param value (mlflow.utils.val
 JSON_PARAMS = ("search", "sampler", "pruner", "design")
 
 
+STORAGE_TAG = "rnnsuite.storage"  # the parent run's tag: where the sweep's studies are NOW (masked), set by every
+# sweep command and by an import into its destination; the param `storage` keeps where they were first stored
+# (params cannot change), which is stale once a sweep has moved to another store or machine.
+
+
+def recorded_storage(params: dict[str, str], tags: dict[str, str]) -> str:
+    """Where a sweep's parent run says its studies are: the tag, else (a sweep of an older rnnsuite) the param."""
+    return tags.get(STORAGE_TAG) or params.get("storage", "")
+
+
 def study_name(sweep: str, task_label: str, cell: str, phase: str = PHASE_SEARCH) -> str:
     """The Optuna study of one cell's search (or, with ``phase="confirm"``, of its confirmation runs)."""
     base = f"{sweep}/{task_label}/{cell}"

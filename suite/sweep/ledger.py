@@ -14,7 +14,7 @@ from mlflow.entities import Param
 
 from ..report.keys import PARAM as REPORT_PARAM, check_report_block, equivalence_param
 from ..tracking import RetryingClient, artifact_location, first_line
-from .contract import LEVEL_TAG as LEVEL, SweepRecord
+from .contract import LEVEL_TAG as LEVEL, STORAGE_TAG, SweepRecord
 from .spec import SweepSpec
 
 KEY = "rnnsuite.key"  # tag of a parent run: the sweep's or the study's name
@@ -75,6 +75,8 @@ class SweepRuns:
                                                                        check_report_block("", None)))
         if command and "rnnsuite.command" not in run.data.tags:  # the report prints it to reproduce the sweep
             self.client.set_tag(rid, "rnnsuite.command", command)
+        if run.data.tags.get(STORAGE_TAG) != record.storage:  # where the studies are now (a resume may have moved)
+            self.client.set_tag(rid, STORAGE_TAG, record.storage)
         if run.info.status != "RUNNING" and not done():
             self.client.update_run(rid, "RUNNING")
 
