@@ -159,13 +159,17 @@ def test_mostly_zeros_and_ones_needs_both_ends(near0, near1, mostly, both):
     assert gate_claims(near0, near1, saturation) == (mostly, both)
 
 
-def test_saturation_is_split_by_chrono_init_where_it_was_searched():
+def chrono_searched(near0: list[float], near1: list[float]) -> Analysis:
+    """gru's four runs, two with chrono init and two without, the search having varied it."""
     runs = pd.DataFrame({"cell": ["gru"] * 4, "params.model.chrono_init": ["True", "True", "False", "False"],
                          "metrics.gates/l0/z/saturation": [0.8, 0.6, 0.1, 0.2],
-                         "metrics.gates/l0/z/near0": [0.0, 0.0, 0.05, 0.1],
-                         "metrics.gates/l0/z/near1": [0.8, 0.6, 0.05, 0.1]})
-    an = Analysis(data=SimpleNamespace(spec={"search": {"model.chrono_init": {"type": "choice"}}}, runs=runs),
-                  cells=["gru"], metric="val/mse", primary="val/mse", direction="minimize", reference="gru")
+                         "metrics.gates/l0/z/near0": near0, "metrics.gates/l0/z/near1": near1})
+    return Analysis(data=SimpleNamespace(spec={"search": {"model.chrono_init": {"type": "choice"}}}, runs=runs),
+                    cells=["gru"], metric="val/mse", primary="val/mse", direction="minimize", reference="gru")
+
+
+def test_saturation_is_split_by_chrono_init_where_it_was_searched():
+    an = chrono_searched([0.0, 0.0, 0.05, 0.1], [0.8, 0.6, 0.05, 0.1])
     t = chrono_split(an).raw.set_index("chrono_init")
     assert t.loc["True", "saturation_end"] == pytest.approx(0.7) and t.loc["False", "runs"] == 2
     an.data.spec["search"] = {}
@@ -178,12 +182,7 @@ def test_the_chrono_claim_applies_the_gate_rule_per_setting_and_is_recomputed(tm
     from suite.report.check import check_claims
     from suite.report.claims import chrono_claims
 
-    runs = pd.DataFrame({"cell": ["gru"] * 4, "params.model.chrono_init": ["True", "True", "False", "False"],
-                         "metrics.gates/l0/z/saturation": [0.8, 0.6, 0.1, 0.2],
-                         "metrics.gates/l0/z/near0": [0.3, 0.2, 0.05, 0.1],
-                         "metrics.gates/l0/z/near1": [0.5, 0.4, 0.05, 0.1]})
-    an = Analysis(data=SimpleNamespace(spec={"search": {"model.chrono_init": {"type": "choice"}}}, runs=runs),
-                  cells=["gru"], metric="val/mse", primary="val/mse", direction="minimize", reference="gru")
+    an = chrono_searched([0.3, 0.2, 0.05, 0.1], [0.5, 0.4, 0.05, 0.1])
     an.tables["gates_chrono"] = chrono_split(an)
     [c] = chrono_claims(an)
     assert c["numbers"] == {"gru": {"True": {"mostly_saturated": "yes", "zeros_and_ones": "yes", "runs": 2},
