@@ -236,17 +236,24 @@ def chrono_rule(near0: float, near1: float, saturation: float) -> dict:
     return {"mostly_saturated": mostly, "zeros_and_ones": both}
 
 
+def chrono_numbers(rows: pd.DataFrame) -> dict[str, dict]:
+    """{cell: {chrono_init: the gate rule's verdicts and the runs}} from rows of gates_chrono.csv."""
+    numbers: dict[str, dict] = {}
+    for r in rows.itertuples():
+        numbers.setdefault(r.cell, {})[r.chrono_init] = {**chrono_rule(r.near0_end, r.near1_end, r.saturation_end),
+                                                         "runs": int(r.runs)}
+    return numbers
+
+
 def chrono_claims(an: Analysis) -> list[dict]:
     t = an.tables.get("gates_chrono")
     if t is None or not len(t.raw):
         return []
-    numbers: dict[str, dict] = {}
+    numbers = chrono_numbers(t.raw)
     shown = []
     for cell, rows in t.raw.groupby("cell", sort=False):
         parts = []
         for r in rows.itertuples():
-            numbers.setdefault(cell, {})[r.chrono_init] = {**chrono_rule(r.near0_end, r.near1_end, r.saturation_end),
-                                                           "runs": int(r.runs)}
             v = numbers[cell][r.chrono_init]
             parts.append(f"chrono {'on' if r.chrono_init.lower() == 'true' else 'off'} ({v['runs']} runs): near 0 "
                          f"{fmt(r.near0_end, 3)}, near 1 {fmt(r.near1_end, 3)}, mostly saturated "

@@ -31,7 +31,6 @@ from .verdicts import judge
 DIRECTIVE = re.compile(r"^<!-- (claim|relevance|gates|sweep|verdicts|ablation) ([^>]*?) -->$")
 END = "<!-- end -->"
 NO_RELEVANCE_GATE = (("sgru", "update gate only"), ("mgu", "one gate for both roles"))
-EFFECT = {"log": "ratio", "logit": "odds ratio", "raw": "difference"}
 
 
 class FindingsError(ValueError):
@@ -75,6 +74,11 @@ def _claim(reports: Reports, name: str, cid: str) -> list[str]:
     return [f"> {reports.claim(name, cid)['text']} ({_source(name)}, claim `{cid}`)"]
 
 
+def _effect(meta: dict) -> str:
+    """What a report's comparisons are (ratio, odds ratio or difference): its analysis scale's own word."""
+    return scale_for(meta["metric"], meta["n_eval"]).effect
+
+
 def _verdict(entry: dict | None, effect: str) -> str:
     if entry is None:
         return "—"
@@ -84,7 +88,7 @@ def _verdict(entry: dict | None, effect: str) -> str:
 def _relevance(reports: Reports, name: str) -> list[str]:
     doc = reports.doc(name)
     meta, ref = doc["meta"], reports.claim(name, "reference")["numbers"]
-    effect = EFFECT[meta["scale"]]
+    effect = _effect(meta)
     shown = [f"{cell} ({what}) {_verdict(ref.get(cell), effect)}" for cell, what in NO_RELEVANCE_GATE]
     return [f"Against {meta['reference']} on `{meta['metric']}` ({meta['scale']} scale): " + "; ".join(shown)
             + f" ({_source(name)}, claim `reference`)."]
@@ -123,10 +127,10 @@ def _verdicts(reports: Reports, names: list[str]) -> list[str]:
     cells: list[str] = []
     for n in names:
         cells += [c for c in refs[n] if c not in cells]
-    head = [f"{_source(n)}: `{d['meta']['metric']}`, {EFFECT[d['meta']['scale']]}" for n, d in docs.items()]
+    head = [f"{_source(n)}: `{d['meta']['metric']}`, {_effect(d['meta'])}" for n, d in docs.items()]
     out = [f"| cell against {ref} | " + " | ".join(head) + " |", "|---|" + "---|" * len(names)]
     for cell in cells:
-        out.append(f"| {cell} | " + " | ".join(_verdict(refs[n].get(cell), EFFECT[docs[n]["meta"]["scale"]])
+        out.append(f"| {cell} | " + " | ".join(_verdict(refs[n].get(cell), _effect(docs[n]["meta"]))
                                              for n in names) + " |")
     return out
 
@@ -148,7 +152,7 @@ def _ablation(reports: Reports, main: str, other: str) -> list[str]:
     comps = [compare(seed_values(boards[1][c][f"{key}_seeds"]), seed_values(boards[0][c][f"{key}_seeds"]), scale,
                      margin) for c in cells]
     q, t = holm([c.p for c in comps]), holm([c.p_tost for c in comps])
-    effect = EFFECT[meta["scale"]]
+    effect = scale.effect
 
     def summary(row: dict) -> str:
         lo, hi = (fmt(float(row[f"{key}_{end}"]), 3) for end in ("lo", "hi"))
