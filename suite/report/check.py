@@ -6,6 +6,7 @@ data". Returns the problems found; an empty list means every claim holds.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -69,6 +70,12 @@ class _Check:
         order = {c: i for i, c in enumerate(pd.read_csv(self.folder / "pairs.csv")[["a", "b"]].stack().unique())}
         cells.sort(key=lambda c: order.get(c, len(order)))
         return self._judged([(a, b) for i, a in enumerate(cells) for b in cells[i + 1:]])
+
+    @functools.cached_property
+    def decay(self) -> pd.Series:
+        """diag/grad_decay per cell, mean over the confirmed runs of runs.csv (read once)."""
+        runs = pd.read_csv(self.folder / "runs.csv")
+        return runs[runs["confirmed"]].groupby("cell")["diag/grad_decay"].mean().dropna()
 
     # ------------------------------------------------------------------ one method per claim id
     def standing(self, c: dict) -> None:
@@ -135,15 +142,13 @@ class _Check:
             self.fail("diverged", f"{c['numbers']}, seeds.csv has {counts}")
 
     def grad_decay(self, c: dict) -> None:
-        runs = pd.read_csv(self.folder / "runs.csv")
-        decay = runs[runs["confirmed"]].groupby("cell")["diag/grad_decay"].mean().dropna()
+        decay = self.decay
         for k, v in c["numbers"].items():
             if not _same(v, decay.get(k, math.nan)):
                 self.fail("grad_decay", f"{k}: {v}, runs.csv gives {decay.get(k)}")
 
     def grad_solving(self, c: dict) -> None:
-        runs = pd.read_csv(self.folder / "runs.csv")
-        decay = runs[runs["confirmed"]].groupby("cell")["diag/grad_decay"].mean().dropna()
+        decay = self.decay
         what, solved = solving(self.ours.reset_index())
         want = grad_groups({k: float(v) for k, v in decay.items() if k in solved}, solved)
         got = c["numbers"]
