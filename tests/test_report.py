@@ -369,6 +369,7 @@ def test_a_running_sweep_says_how_many_trials_are_done(tmp_path):
     assert result["status_line"] == line
     page = (tmp_path / "out" / "index.html").read_text()
     assert line in page and "No confirmation run has finished yet" in page
+    assert "runs logged before diagnostics/gate_hist.csv existed" not in page  # not old runs: no runs yet
     board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert (board.loc[board["source"] == "this sweep", "n"] == 0).all()
 
@@ -449,6 +450,8 @@ def test_an_infinite_gradient_decay_reads_back_as_infinite_and_prints_as_such(tm
     assert frame.loc[0, "metrics.diag/grad_decay"] == -math.inf
     assert frame.loc[0, "metrics.val/mse"] == 0.25
     assert fmt(-math.inf) == "−∞" and fmt(math.inf) == "∞" and fmt(math.nan) == "—"
+    # a diverged run's perplexity (the PTB study's design point 0 read 7.94e21) in 4 digits, not 22
+    assert fmt(7940207556924280930304.0) == "7.94e+21" and fmt(131584.0) == "131584" and fmt(12345.6) == "12346"
 
 
 def test_a_diverged_confirmation_seed_counts_as_not_solved(tmp_path):

@@ -76,7 +76,7 @@ def document(an: Analysis, figures: dict, command: str, sweep_file: str | None =
     caveats_section(doc, an)
     doc.add(Heading("Files"), Items([f"`{n}.csv`: {h}" for n, h in CSV_HELP.items()]
                                     + ["`claims.json`: every sentence of the summary with its numbers and the table "
-                                       "and columns it came from (`python -m suite.report_check DIR` recomputes "
+                                       "and columns it came from (`python -m suite.report.check DIR` recomputes "
                                        "them from the CSVs)"]
                                     + ["`report.md` and the PNG figures: this report for GitHub; `index.html`: the "
                                        "same page, self-contained"]))
@@ -173,8 +173,9 @@ def _gates_section(doc: Document, an: Analysis, figures: dict) -> None:
                                                f"keeps the state. Rule: {RULE}; 'not recorded': runs logged before "
                                                "the two ends were."))
     _figure_or(doc, figures["gates"], "No gate statistics yet.")
-    _figure_or(doc, figures.get("gate_hist"), "Histograms of the gate activations: not recorded (runs logged before "
-                                              "diagnostics/gate_hist.csv existed).")
+    if not an.tables["gates"].raw.empty:  # with no gate statistics at all, the line above says so once
+        _figure_or(doc, figures.get("gate_hist"), "Histograms of the gate activations: not recorded (runs logged "
+                                                  "before diagnostics/gate_hist.csv existed).")
     if "gates_chrono" in an.tables:
         doc.add(Para("model.chrono_init was searched: the state-keeping gate's saturation at the end of every run "
                      "(search and confirmation), split by it."),

@@ -219,6 +219,7 @@ def gate_histograms(an: Analysis) -> Figure | None:
         ax.set_title(f"{cell} ({gate})")
     for ax in axes.ravel()[len(cells):]:
         ax.set_visible(False)
+        axes[nrows - 2, list(axes[-1]).index(ax)].xaxis.set_tick_params(labelbottom=True)  # the panel above it
     fig.supxlabel("gate activation")
     fig.supylabel("fraction of activations")
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.08, hspace=0.35)  # fixed: fast

@@ -45,6 +45,8 @@ def fmt(value, digits: int = 4) -> str:
         return "−∞" if v < 0 else "∞"
     if not math.isfinite(v):
         return "—"
+    if abs(v) >= 1e12:  # a diverged run's loss or perplexity (1e21): digits no count or duration reaches
+        return f"{v:.{digits}g}"
     if v.is_integer() or abs(v) >= 10 ** digits:  # no exponent for counts, parameters, seconds
         return f"{v:.0f}"
     return f"{v:.{digits}g}"
