@@ -211,20 +211,25 @@ def _gate_claims(an: Analysis) -> list[dict]:
     if not len(keep):
         return []
 
-    def val(x) -> str:
-        return fmt(x, 3) if math.isfinite(x) else "not recorded"
-
-    numbers, shown = {}, []
+    numbers: dict[str, dict] = {}
     for r in keep.itertuples():
         before = gate_claims(r.near0_start, r.near1_start, r.saturation_start)
         numbers[r.cell] = {"gate": r.gate, "chrono": r.chrono_init, "mostly_saturated": r.mostly_saturated,
                            "zeros_and_ones": r.zeros_and_ones, "mostly_saturated_start": before[0],
                            "zeros_and_ones_start": before[1]}
-        shown.append(f"{r.cell} ({r.gate}, chrono {r.chrono_init}) near 0: {val(r.near0_start)} → "
-                     f"{val(r.near0_end)}, near 1: {val(r.near1_start)} → {val(r.near1_end)}; mostly saturated "
-                     f"{before[0]} → {r.mostly_saturated}, mostly zeros and ones {before[1]} → {r.zeros_and_ones}")
-    text = (f"Evidence, gate use of the state-keeping gate before training → at the end, with the chrono "
-            f"initialisation its confirmed runs used: {'; '.join(shown)} ({RULE}).")
+
+    def grouped(label, name=lambda cell, v: cell) -> str:  # by one label, in the table's order: "no → yes: gru, sgru"
+        groups: dict[str, list[str]] = {}
+        for cell, v in numbers.items():
+            groups.setdefault(label(v), []).append(name(cell, v))
+        return "; ".join(f"{k}: {', '.join(cells)}" for k, cells in groups.items())
+
+    zeros_and_ones = grouped(lambda v: f"{v['zeros_and_ones_start']} → {v['zeros_and_ones']}")
+    saturated = grouped(lambda v: f"{v['mostly_saturated_start']} → {v['mostly_saturated']}")
+    chrono = grouped(lambda v: f"chrono {v['chrono']}", lambda cell, v: f"{cell} ({v['gate']})")
+    text = (f"Evidence, gate use of the state-keeping gate (layer 0), before training → at the end: mostly zeros "
+            f"and ones {zeros_and_ones}. Mostly saturated {saturated}. The confirmed runs' chrono initialisation: "
+            f"{chrono} ({RULE}; the fractions near 0 and near 1, before and after, are in section 5 and gates.csv).")
     return [claim("gates", text, numbers, "gates", ["near0_start", "near0_end", "near1_start", "near1_end",
                                                     "saturation_start", "saturation_end", "chrono_init",
                                                     "mostly_saturated", "zeros_and_ones"])]
