@@ -498,3 +498,33 @@ def test_the_report_records_the_sweeps_total_compute_and_wall_time(tmp_path):
     row = compute.iloc[0]
     assert 0 < row["active_wall_s"] <= row["span_s"] and row["active_wall_s"] <= row["run_s"]
     assert "What the whole sweep cost" in (out / "report.md").read_text()
+
+
+def test_a_papers_val_and_test_numbers_share_one_leaderboard_row():
+    """Zaremba et al. report val and test perplexity of one model: one published row with both, not two rows
+    each half empty (the PTB study's partial report showed every published model twice)."""
+    from types import SimpleNamespace
+
+    from suite import tasks
+    from suite.report.tables import reference_rows
+
+    task = tasks.build("ptb_word")
+    rows = reference_rows(SimpleNamespace(data=SimpleNamespace(task=task), metric="val/ppl", short="ppl"), None)
+    published = [r for r in rows if r["source"] == "published"]
+    assert len(published) == len({(p.label(), p.citation) for p in task.published}) < len(task.published)
+    small = next(r for r in published if r["cell"] == "Zaremba small (2x200, no dropout)")
+    assert (small["val_ppl_mean"], small["test_ppl_mean"], small["note"]) == (120.7, 114.5, "")
+
+
+def test_without_a_solved_criterion_the_design_section_marks_nothing_solved(report, tmp_path, monkeypatch):
+    """Perplexity has no solved criterion (the PTB study): the design table and its figure then promise no ✓."""
+    from suite.report import build_report
+    from suite.tasks.adding import Adding
+
+    assert "✓: solved on validation" in report["md"]  # adding has one, and the page says what ✓ means
+    monkeypatch.setattr(Adding, "solved", None)
+    build_report("rep", tmp_path / "out", storage=report["storage"], tracking_uri=report["tracking"],
+                 log_artifacts=False)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Robustness at the shared design points" in md and "this task has no solved criterion" in md
+    assert "✓" not in md

@@ -202,13 +202,17 @@ def _design_section(doc: Document, an: Analysis, figures: dict) -> None:
         doc.add(Para("This sweep had no shared initial design (design.kind none, or a sweep begun before designs): "
                      "every cell's search started from its own sampler.", "note"))
         return
+    criterion = an.data.task is not None and an.data.task.solved is not None
     doc.add(Para(f"The first search trials of every cell were the same {design.get('points', '')} configurations "
                  f"of one scrambled {'Sobol' if design.get('kind') == 'sobol' else 'Latin hypercube'} design over "
                  "the search space (seeded by the sweep's sampler seed), one seed each, before the sampler took "
-                 "over. Compared at the same settings, a cell that solves the task at more of them is easier to tune; "
-                 "one seed per point, so a single cell at a single point is noisy."),
-            TableBlock(an.tables["design"], f"Search {an.metric} per cell at each shared point; ✓: solved on "
-                                            "validation; —: the cell skipped the point (a value it does not take) "
-                                            "or has not run it yet."))
+                 "over. Compared at the same settings, a cell that "
+                 + ("solves the task" if criterion else "does well (this task has no solved criterion)")
+                 + " at more of them is easier to tune; one seed per point, so a single cell at a single point is "
+                   "noisy."),
+            TableBlock(an.tables["design"], f"Search {an.metric} per cell at each shared point; "
+                                            + ("✓: solved on validation; " if criterion else "")
+                                            + "—: the cell skipped the point (a value it does not take) or has not "
+                                              "run it yet."))
     if figures.get("design") is not None:
         doc.add(FigureBlock(figures["design"]))

@@ -279,15 +279,15 @@ def reference_rows(an: Analysis, extra: str | None) -> list[dict]:
     for label, value in b.others:  # e.g. chance beside a classification task's majority-class rate
         rows.append({**base, "cell": label, "source": "task baseline", **{c: value for c in cols},
                      "note": "", "citation": ""})
+    published: dict[tuple[str, str], dict] = {}  # one row per result: a paper's val and test numbers side by side
     for p in task.published:
         split, _, name = p.metric.partition("/")
-        col = f"{split}_{name}_mean"
-        row = {**base, "cell": p.label(), "source": "published", "note": "" if p.value is not None else
-               QUALITATIVE, "citation": p.citation}
+        row = published.setdefault((p.label(), p.citation), {
+            **base, "cell": p.label(), "source": "published", "note": QUALITATIVE, "citation": p.citation})
         if p.value is not None:
-            row[col] = p.value
-        rows.append(row)
-    return rows
+            row[f"{split}_{name}_mean"] = p.value
+            row["note"] = ""
+    return rows + list(published.values())
 
 
 def leaderboard_display(an: Analysis, raw: pd.DataFrame, extra: str | None) -> pd.DataFrame:
