@@ -102,7 +102,7 @@ def design_figure(an: Analysis) -> Figure | None:
     ax.set_yticks(range(len(an.cells)), an.cells)
     ax.set_xlabel("shared design point (the same configuration in every cell)")
     fig.colorbar(image, ax=ax, label=f"search {an.metric}" + (" (log)" if positive else ""))
-    criterion = an.data.task is not None and an.data.task.solved is not None
+    criterion = an.has_solved_criterion
     ax.set_title("robustness at the shared design points" + (" (✓ solved)" if criterion else ""))
     fig.subplots_adjust(left=0.22, right=0.9, bottom=0.2, top=0.88)
     return Figure("design.png", png_bytes(fig),

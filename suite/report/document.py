@@ -202,7 +202,7 @@ def _design_section(doc: Document, an: Analysis, figures: dict) -> None:
         doc.add(Para("This sweep had no shared initial design (design.kind none, or a sweep begun before designs): "
                      "every cell's search started from its own sampler.", "note"))
         return
-    criterion = an.data.task is not None and an.data.task.solved is not None
+    criterion = an.has_solved_criterion
     doc.add(Para(f"The first search trials of every cell were the same {design.get('points', '')} configurations "
                  f"of one scrambled {'Sobol' if design.get('kind') == 'sobol' else 'Latin hypercube'} design over "
                  "the search space (seeded by the sweep's sampler seed), one seed each, before the sampler took "

@@ -103,7 +103,8 @@ def _gates(reports: Reports, name: str) -> list[str]:
         before = (v.get("mostly_saturated_start", "—"), v.get("zeros_and_ones_start", "—"))
         out.append(f"| {cell} | {v['gate']} | {v.get('chrono', '—')} | {before[0]} → {v['mostly_saturated']} | "
                    f"{before[1]} → {v['zeros_and_ones']} |")
-    return out + ["", f"From {_source(name)}, claim `gates` (the rule is in its text, the fractions in its `gates.csv`)."]
+    return out + ["", f"From {_source(name)}, claim `gates` (the rule is in its text, the fractions in its "
+                      "`gates.csv`)."]
 
 
 def _sweep(reports: Reports, name: str) -> list[str]:

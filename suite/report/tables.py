@@ -110,6 +110,11 @@ class Analysis:
     def better(self):
         return min if self.direction == "minimize" else max
 
+    @property
+    def has_solved_criterion(self) -> bool:
+        """Whether the task says when it is solved (perplexity has no ceiling to reach: no criterion)."""
+        return self.data.task is not None and self.data.task.solved is not None
+
     def col(self, metric: str) -> str:
         return f"metrics.{metric}"
 
