@@ -528,3 +528,12 @@ def test_without_a_solved_criterion_the_design_section_marks_nothing_solved(repo
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Robustness at the shared design points" in md and "this task has no solved criterion" in md
     assert "✓" not in md
+
+
+def test_an_equivalent_verdict_cites_the_p_value_it_rests_on():
+    """'equivalent' comes from the two one-sided tests, so its claim shows their p, not Welch's (the PTB study's
+    partial report read 'equivalent: gru1 (ratio 1.01, Holm p = 0.163)', Welch's p beside a TOST verdict)."""
+    from suite.report.verdicts import verdict_p
+
+    assert verdict_p("equivalent", 0.163, 0.000578) == "equivalence (TOST) Holm p = 0.000578"
+    assert verdict_p("inconclusive", 0.163, 0.000578) == verdict_p("worse", 0.163, None) == "Holm p = 0.163"

@@ -15,7 +15,7 @@ import pandas as pd
 from .gates import RULE, claims as gate_claims
 from .stats import ALPHA
 from .tables import Analysis, fmt, label, slug
-from .verdicts import seeds_text, standing
+from .verdicts import seeds_text, standing, verdict_p
 
 MAX_PAIRS = 12  # inconclusive pairs named in the summary; the rest are in pairs.csv
 REACHES = -2.0  # log10 gradient ratio over which the gradient 'reaches the start' (less than a hundredfold loss)
@@ -90,13 +90,14 @@ def _reference_claims(an: Analysis) -> list[dict]:
                                                                                "inconclusive", "not testable")}
     effect = an.scale.effect
     parts = [f"{o} than {an.reference}: " if o in ("better", "worse") else f"{o}: " for o in groups]
-    shown = "; ".join(p + ", ".join(f"{r.cell} ({effect} {fmt(r.ratio, 3)}, Holm p = {fmt(r.p_scale_holm, 3)})"
+    shown = "; ".join(p + ", ".join(f"{r.cell} ({effect} {fmt(r.ratio, 3)}, "
+                                    f"{verdict_p(r.outcome, r.p_scale_holm, r.p_tost_holm)})"
                                     for r in rows) for p, (o, rows) in zip(parts, groups.items()) if rows)
     text = (f"Against the reference {an.reference} (Welch's t-test on the {an.scale.name} scale, Holm-corrected; "
             f"equivalent = the {effect} inside [{fmt(an.margin[0])}, {fmt(an.margin[1])}] by two one-sided "
             f"tests): {shown}.")
-    return [claim("reference", text, {r.cell: {"outcome": r.outcome, "ratio": r.ratio, "p_holm": r.p_scale_holm}
-                                      for r in sig.itertuples()}, "significance",
+    return [claim("reference", text, {r.cell: {"outcome": r.outcome, "ratio": r.ratio, "p_holm": r.p_scale_holm,
+                                               "p_tost_holm": r.p_tost_holm} for r in sig.itertuples()}, "significance",
                   ["cell", "ratio", "p_scale_holm", "p_tost_holm", "outcome"])]
 
 

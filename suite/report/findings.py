@@ -26,7 +26,7 @@ from .check import seed_values
 from .scale import compare, scale_for
 from .stats import holm
 from .tables import fmt
-from .verdicts import judge
+from .verdicts import judge, verdict_p
 
 DIRECTIVE = re.compile(r"^<!-- (claim|relevance|gates|sweep|verdicts|ablation) ([^>]*?) -->$")
 END = "<!-- end -->"
@@ -82,7 +82,8 @@ def _effect(meta: dict) -> str:
 def _verdict(entry: dict | None, effect: str) -> str:
     if entry is None:
         return "—"
-    return f"{entry['outcome']} ({effect} {fmt(entry['ratio'], 3)}, Holm p = {fmt(entry['p_holm'], 3)})"
+    p = verdict_p(entry["outcome"], entry["p_holm"], entry.get("p_tost_holm"))
+    return f"{entry['outcome']} ({effect} {fmt(entry['ratio'], 3)}, {p})"
 
 
 def _relevance(reports: Reports, name: str) -> list[str]:
@@ -163,7 +164,7 @@ def _ablation(reports: Reports, main: str, other: str) -> list[str]:
     for c, comp, qi, ti in zip(cells, comps, q, t):
         verdict = judge(comp.effect, qi, ti, scale.ratio, meta["direction"])
         out.append(f"| {c} | {summary(boards[0][c])} | {summary(boards[1][c])} | {verdict} ({effect} "
-                   f"{fmt(comp.effect, 3)}, Holm p = {fmt(qi, 3)}) |")
+                   f"{fmt(comp.effect, 3)}, {verdict_p(verdict, qi, ti)}) |")
     return out + ["", f"`{meta['metric']}` on the {meta['scale']} scale (centre and 95% interval over the seeds), "
                       f"Welch's t-test Holm-corrected over the {len(cells)} cells; equivalent = the {effect} inside "
                       f"[{fmt(margin[0])}, {fmt(margin[1])}] by two one-sided tests. From the reports' "

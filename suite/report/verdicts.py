@@ -38,6 +38,13 @@ def judge(effect: float, p_holm: float, tost_holm: float, ratio: bool, direction
     return "inconclusive"
 
 
+def verdict_p(outcome: str, p_holm: float, tost_holm: float | None) -> str:
+    """The p-value a verdict rests on: the equivalence test's (TOST) for 'equivalent', else Welch's."""
+    if outcome == "equivalent" and tost_holm is not None:
+        return f"equivalence (TOST) Holm p = {fmt(tost_holm, 3)}"
+    return f"Holm p = {fmt(p_holm, 3)}"
+
+
 def _comparison_row(an: Analysis, a: str, b: str) -> dict:
     x, y = an.samples.get(a, []), an.samples.get(b, [])
     c = compare(x, y, an.scale, an.margin)
