@@ -25,7 +25,7 @@ def solved_mark(value) -> bool:
 def _solved(an: Analysis, cell: str, number: int) -> bool | None:
     """Whether search trial `number` of `cell` solved the task on validation (the task's own criterion)."""
     task, runs = an.data.task, an.data.runs
-    if task is None or task.solved is None or not len(runs):
+    if not an.has_solved_criterion or not len(runs):
         return None
     mine = runs[(runs["cell"] == cell) & (runs["phase"] == "search") & (runs["trial"] == number)
                 & (runs["status"] != "KILLED")]

@@ -185,7 +185,7 @@ def _solved(an: Analysis, cell: str) -> tuple[str, str]:
     is ranked, whatever metric the sweep optimised."""
     task = an.data.task
     runs = an.confirmed[an.confirmed["cell"] == cell] if len(an.confirmed) else an.confirmed
-    if task is None or task.solved is None or not len(runs):
+    if not an.has_solved_criterion or not len(runs):
         return "—", "—"
     prefix = f"metrics.{an.primary.partition('/')[0]}/"
     cols = {c[len(prefix):]: c for c in runs.columns if c.startswith(prefix) and runs[c].notna().any()}
