@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -159,8 +160,26 @@ def test_round_trip_on_embedded_stores_gives_the_same_report(swept, tmp_path):
     untouched = tmp_path / "untouched-home"
     out = ok(run("report", "--from", swept["archive"], "-o", tmp_path / "from", home=untouched, cwd=tmp_path))
     assert csv_differences(swept["report"], tmp_path / "from") == []
-    assert not untouched.exists() and "from the archive `tiny.rnnsuite.tar.gz`" in (
-        tmp_path / "from" / "report.md").read_text()
+    md = (tmp_path / "from" / "report.md").read_text()
+    assert not untouched.exists() and "from the archive `tiny.rnnsuite.tar.gz`" in md
+    # it names no run id of the throw-away store it was read from, and does not claim to be logged to MLflow
+    assert "parent run `" not in md and "not logged to MLflow" in md
+    assert "parent run `" in (tmp_path / "imported" / "report.md").read_text()  # the imported one is logged
+
+
+def test_a_report_rebuilt_from_an_archive_is_the_same_page_and_figures(swept, tmp_path):
+    """Each build imports the archive afresh (new run ids); nothing of the page may depend on them, so that a
+    committed report rebuilt from its archive shows no change but its build time."""
+    for name in ("a", "b"):  # the same command in two places, each into a home of its own
+        (tmp_path / name).mkdir()
+        ok(run("report", "--from", swept["archive"], "-o", "out", home=tmp_path / name / "home", cwd=tmp_path / name))
+    a, b = tmp_path / "a" / "out", tmp_path / "b" / "out"
+    pngs = sorted(p.name for p in a.glob("*.png"))
+    assert "learning_curves.png" in pngs  # seeds drawn in seed order, not in the order of their run ids
+    for png in pngs:
+        assert (a / png).read_bytes() == (b / png).read_bytes(), png
+    built = re.compile(r"Built \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    assert built.sub("Built", (a / "report.md").read_text()) == built.sub("Built", (b / "report.md").read_text())
 
 
 def test_an_imported_sweep_reads_its_studies_where_it_was_imported_not_where_it_first_ran(swept, tmp_path):

@@ -176,6 +176,19 @@ def test_report_writes_every_file_and_says_the_sweep_is_finished(report):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 3 * (3 + 2) and set(runs["phase"]) == {"search", "confirm"}
     assert runs["confirmed"].sum() == 6
+    # the Files section names exactly the CSVs written (no gates_chrono.csv here: chrono was not searched)
+    listed = set(re.findall(r"^- `(\w+\.csv)`", report["md"].partition("## Files")[2], flags=re.M))
+    assert listed == {p.name for p in out.glob("*.csv")} and "gates_chrono.csv" not in listed
+
+
+def test_a_rebuild_removes_a_csv_the_new_report_does_not_write(report, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(report["out"], out)
+    (out / "gates_chrono.csv").write_text("cell\nstale\n")  # as left by an older report of a chrono search
+    again = cli("report", "rep", "-o", str(out), "--storage", report["storage"], "--tracking-uri",
+                report["tracking"], cwd=report["root"])
+    assert again.returncode == 0, again.stderr
+    assert not (out / "gates_chrono.csv").exists() and (out / "gates.csv").is_file()
 
 
 def test_html_is_self_contained(report):
@@ -537,3 +550,28 @@ def test_an_equivalent_verdict_cites_the_p_value_it_rests_on():
 
     assert verdict_p("equivalent", 0.163, 0.000578) == "equivalence (TOST) Holm p = 0.000578"
     assert verdict_p("inconclusive", 0.163, 0.000578) == verdict_p("worse", 0.163, None) == "Holm p = 0.163"
+
+
+def test_seed_curves_are_drawn_in_seed_order_whatever_their_run_ids(monkeypatch):
+    """An archive's import gives every run a new id; the learning-curve figure of a rebuilt report must not
+    change with them, so seeds are drawn in seed order (alpha-blended lines of different colours drawn in another
+    order give another picture)."""
+    from suite.report import plots
+
+    monkeypatch.setattr(plots, "baseline_line", lambda ax, an, key: [])
+
+    class Recorder:
+        def __init__(self):
+            self.drawn = []
+
+        def plot(self, x, y, *args, **kwargs):
+            self.drawn.append(list(y))
+
+    # run ids sort opposite to the seeds: "z..." is seed 1, "a..." is seed 3
+    seeds = pd.DataFrame({"run_id": ["z1", "z1", "m2", "m2", "a3", "a3"], "cell": ["gru"] * 6,
+                          "seed": [1, 1, 2, 2, 3, 3], "step": [0, 10] * 3, "value": [1.0, 0.1, 2.0, 0.2, 3.0, 0.3],
+                          "status": ["FINISHED"] * 6})
+    mean = pd.DataFrame(columns=["cell", "key", "step", "mean", "n"])
+    ax = Recorder()
+    plots._curve_panel(ax, None, "val/mse", ["gru"], {"gru": "C0"}, mean, seeds)
+    assert ax.drawn == [[1.0, 0.1], [2.0, 0.2], [3.0, 0.3]]

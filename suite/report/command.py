@@ -12,7 +12,7 @@ from .analysis import analyse
 from .claims import build_claims, write_claims
 from .data import SweepData, load, sweep_name
 from .design import design_figure, design_table
-from .document import document, status_line
+from .document import CSV_HELP, document, status_line
 from .plots import all_figures
 from .provenance import ARTIFACT_PATH, task_title
 from .render import Document, to_html, to_markdown
@@ -109,7 +109,7 @@ def write(out: Path, doc: Document, an: Analysis, figures: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     known = {f"{n}.png" for n in ("learning_curves", "gradient_flow", "gate_use", "importance", "tuning",
                                   "design", "seeds", "verdicts", "gate_hist")}
-    for stale in known:
+    for stale in known | {f"{n}.csv" for n in CSV_HELP}:
         (out / stale).unlink(missing_ok=True)
     written = []
     for fig in figures.values():

@@ -74,7 +74,10 @@ def document(an: Analysis, figures: dict, command: str, sweep_file: str | None =
     _tuning_section(doc, an, figures)
     fairness_section(doc, an, command, sweep_file)
     caveats_section(doc, an)
-    doc.add(Heading("Files"), Items([f"`{n}.csv`: {h}" for n, h in CSV_HELP.items()]
+    # only the CSVs this report writes (gates_chrono.csv exists only where chrono was searched, design.csv only
+    # where the sweep had a shared design)
+    doc.add(Heading("Files"), Items([f"`{n}.csv`: {h}" for n, h in CSV_HELP.items()
+                                     if n in an.tables or n in an.frames]
                                     + ["`claims.json`: every sentence of the summary with its numbers and the table "
                                        "and columns it came from (`python -m suite.report.check DIR` recomputes "
                                        "them from the CSVs)"]

@@ -52,8 +52,10 @@ def _curve_panel(ax, an: Analysis, key: str, cells: list[str], palette, mean: pd
                  seeds: pd.DataFrame) -> list[float]:
     values = []
     for cell in cells:
-        for run_id, s in seeds[seeds["cell"] == cell].groupby("run_id"):
-            s = s.sort_values("step")
+        runs = [s.sort_values("step") for _, s in seeds[seeds["cell"] == cell].groupby("run_id")]
+        # drawn in seed order, not run-id order: an archive's import gives new run ids, and the figure of a
+        # rebuilt report must not change with them
+        for s in sorted(runs, key=lambda s: (s["seed"].iloc[0], len(s), s["value"].iloc[-1])):
             failed = (s["status"] == "FAILED").any()
             ax.plot(s["step"].to_numpy(), s["value"].to_numpy(), color=palette[cell], lw=0.7, alpha=0.45,
                     ls="--" if failed else "-")

@@ -120,8 +120,17 @@ def _provenance(an: Analysis) -> list[str]:
             f"Package lock of the runs (requirements.lock, sha256 prefix): {_distinct(an, 'rnnsuite.lock')}; "
             f"installed versions matched it: {_distinct(an, 'rnnsuite.lock_match')}",
             f"Packages where this report was built (Python {platform.python_version()}): {', '.join(versions)}",
-            f"MLflow: experiment {an.data.name}, parent run `{an.data.parent.info.run_id}` (this report is logged "
-            f"there under `{ARTIFACT_PATH}/`)"]
+            _mlflow_line(an)]
+
+
+def _mlflow_line(an: Analysis) -> str:
+    """Where the report sits in MLflow. A report built from an archive is not logged anywhere: it was read from a
+    throw-away store whose run ids change with every rebuild, so it names the archive to import instead."""
+    if an.data.archive:
+        return (f"MLflow: experiment {an.data.name}, in the archive `{an.data.archive}` (`rnnsuite import` it to "
+                f"browse its runs in the MLflow UI; a report built from an archive is not logged to MLflow)")
+    return (f"MLflow: experiment {an.data.name}, parent run `{an.data.parent.info.run_id}` (this report is logged "
+            f"there under `{ARTIFACT_PATH}/`)")
 
 
 def task_title(an: Analysis) -> str:
