@@ -160,3 +160,56 @@ def test_an_ablation_compares_the_seeds_of_the_cells_two_reports_share(tmp_path)
         shutil.copy(tmp_path / "reports" / "main" / "claims.json", tmp_path / "reports" / "other" / "claims.json")
         (tmp_path / "reports" / "other" / "leaderboard.csv").write_text("cell,source\n")
         expand("<!-- ablation main other -->\n<!-- end -->\n", Reports(tmp_path / "reports"))
+
+
+# ------------------------------------------------------------------------- the prose's readings, against the tables
+STUDIES = ("study-mnist1d", "study-adding-T200", "study-copy-T50", "study-ptb-word")
+
+
+def _csv(study: str, table: str) -> list[dict]:
+    import csv
+
+    with open(ROOT / "reports" / study / f"{table}.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_cross_task_reading_follows_the_verdicts():
+    """'no cell is better than gru on any task; rnn_tanh is worse on all four, minGRU on both it ran, lstm on copy
+    and PTB, gru3 on adding and copy, gru2 on adding; sgru and mgu are worse only on PTB, and gru1 is shown
+    equivalent to gru only there; every other comparison is inconclusive'."""
+    outcome = {(r["cell"], study): r["outcome"] for study in STUDIES for r in _csv(study, "significance")}
+    mnist, adding, copy, ptb = STUDIES
+    worse = {("rnn_tanh", s) for s in STUDIES} | {("mingru", mnist), ("mingru", ptb), ("lstm", copy), ("lstm", ptb),
+                                                  ("gru3", adding), ("gru3", copy), ("gru2", adding), ("sgru", ptb),
+                                                  ("mgu", ptb)}
+    assert {k for k, v in outcome.items() if v == "worse"} == worse
+    assert {k for k, v in outcome.items() if v == "equivalent"} == {("gru1", ptb)}
+    assert set(outcome.values()) == {"worse", "equivalent", "inconclusive"}  # no 'better' anywhere
+    assert sum(c == "mingru" for c, _ in outcome) == 2  # 'both it ran'
+
+
+def test_the_ptb_readings_follow_its_tables():
+    sig = {r["cell"]: r for r in _csv("study-ptb-word", "significance")}
+    # the relevance gate: sgru worse by more than mgu; mgu's difference also inside the equivalence margin
+    assert sig["sgru"]["outcome"] == sig["mgu"]["outcome"] == "worse"
+    assert float(sig["sgru"]["ratio"]) > float(sig["mgu"]["ratio"]) > 1
+    assert float(sig["mgu"]["p_tost_holm"]) < 0.05 and float(sig["mgu"]["p_scale_holm"]) < 0.05
+    # gates: no state-keeping gate mostly saturated before or after; lstm's output gate the one of zeros and ones
+    gates = _csv("study-ptb-word", "gates")
+    keep = [g for g in gates if g["keep_gate"] == "True"]
+    assert len(keep) == 6 and all(g["mostly_saturated"] == "no" and float(g["saturation_start"]) <= 0.5
+                                  for g in keep)
+    assert [(g["cell"], g["gate"]) for g in gates if g["zeros_and_ones"] == "yes"] == [("lstm", "o")]
+    # the first design point sent every cell but lstm and mingru above the unigram baseline
+    baseline = float(next(r for r in _csv("study-ptb-word", "leaderboard") if r["source"] == "task baseline")[
+        "test_ppl_mean"])
+    above = {r["cell"] for r in _csv("study-ptb-word", "design") if r["point"] == "0" and float(r["value"]) > baseline}
+    assert above == {"gru", "sgru", "mgu", "gru1", "rnn_tanh"}
+    # the hyperparameter reading: clipping for gru, gru1, mgu, sgru; the learning rate for the rest
+    top = {}
+    for r in _csv("study-ptb-word", "importance"):
+        if r["cell"] not in top or float(r["importance"]) > float(top[r["cell"]]["importance"]):
+            top[r["cell"]] = r
+    assert {c: r["param"] for c, r in top.items()} == {"gru": "optim.clip", "gru1": "optim.clip", "mgu": "optim.clip",
+                                                       "sgru": "optim.clip", "lstm": "optim.lr", "mingru": "optim.lr",
+                                                       "rnn_tanh": "optim.lr"}
