@@ -554,8 +554,8 @@ def test_an_equivalent_verdict_cites_the_p_value_it_rests_on():
 
 def test_seed_curves_are_drawn_in_seed_order_whatever_their_run_ids(monkeypatch):
     """An archive's import gives every run a new id; the learning-curve figure of a rebuilt report must not
-    change with them, so seeds are drawn in seed order (alpha-blended lines of different colours drawn in another
-    order give another picture)."""
+    change with them, so seeds are drawn in seed order (translucent lines drawn in another order give another
+    picture, pixel for pixel)."""
     from suite.report import plots
 
     monkeypatch.setattr(plots, "baseline_line", lambda ax, an, key: [])
