@@ -150,10 +150,12 @@ def test_an_ablation_compares_the_seeds_of_the_cells_two_reports_share(tmp_path)
     page = "<!-- ablation main flip -->\n<!-- end -->\n"
     rows = {line.split(" | ")[0].strip("| "): line for line in
             expand(page, Reports(tmp_path / "reports")).split("\n") if line.startswith("| ") and "---" not in line}
-    assert "worse (ratio 10, Holm p = " in rows["gru"]
+    assert "worse (ratio 10 (" in rows["gru"]
+    lo, hi = (float(v) for v in rows["gru"].split("ratio 10 (")[1].split(")")[0].split("–"))
+    assert 1 < lo < 10 < hi  # its interval, around the ratio and clear of 1
     p_gru = float(rows["gru"].split("Holm p = ")[1].split(")")[0])
     assert p_gru < 0.05
-    assert "ratio 1," in rows["lstm"] and "worse" not in rows["lstm"] and "better" not in rows["lstm"]
+    assert "ratio 1 (" in rows["lstm"] and "worse" not in rows["lstm"] and "better" not in rows["lstm"]
     assert "n = 3" in rows["gru"] and set(rows) == {"cell", "gru", "lstm"}
     with pytest.raises(FindingsError, match="share no cell"):
         (tmp_path / "reports" / "other").mkdir()
@@ -222,3 +224,18 @@ def test_the_ptb_readings_follow_its_tables():
     assert {c: r["param"] for c, r in top.items()} == {"gru": "optim.clip", "gru1": "optim.clip", "mgu": "optim.clip",
                                                        "sgru": "optim.clip", "lstm": "optim.lr", "mingru": "optim.lr",
                                                        "rnn_tanh": "optim.lr"}
+
+
+def test_every_verdict_on_the_page_shows_its_interval_from_the_reports_tables():
+    """The issue asked for verdicts with intervals: each cross-task and relevance verdict carries Welch's 95%
+    interval as its report's significance.csv has it."""
+    from suite.report.tables import fmt
+
+    page = PAGE.read_text(encoding="utf-8")
+    shown = 0
+    for study in STUDIES:
+        for r in _csv(study, "significance"):
+            interval = f"{fmt(float(r['ratio']), 3)} ({fmt(float(r['ratio_lo']), 3)}–{fmt(float(r['ratio_hi']), 3)}),"
+            assert interval in page, (study, r["cell"], interval)
+            shown += 1
+    assert shown == sum(len(_csv(s, "significance")) for s in STUDIES) > 30

@@ -31,6 +31,9 @@ from .verdicts import judge, verdict_p
 DIRECTIVE = re.compile(r"^<!-- (claim|relevance|gates|sweep|verdicts|ablation) ([^>]*?) -->$")
 END = "<!-- end -->"
 NO_RELEVANCE_GATE = (("sgru", "update gate only"), ("mgu", "one gate for both roles"))
+# the intervals shown beside a verdict are each comparison's own; the verdicts are corrected for multiplicity, so an
+# interval can exclude "no difference" while its verdict stays inconclusive
+UNCORRECTED = "Welch's 95% intervals, not corrected for multiple comparisons; the verdicts rest on Holm-corrected p"
 
 
 class FindingsError(ValueError):
@@ -79,19 +82,33 @@ def _effect(meta: dict) -> str:
     return scale_for(meta["metric"], meta["n_eval"]).effect
 
 
-def _verdict(entry: dict | None, effect: str) -> str:
+def _interval(lo: float | str, hi: float | str) -> str:
+    """A 95% interval as the report's verdict table prints it: (1.13–1.18)."""
+    return f"({fmt(float(lo), 3)}–{fmt(float(hi), 3)})"
+
+
+def _verdict(entry: dict | None, effect: str, row: dict | None = None) -> str:
+    """'worse (ratio 1.15 (1.13–1.18), Holm p = 0.000374)': the verdict, its effect with Welch's 95% interval
+    (from the report's significance.csv row, where given) and the p-value it rests on."""
     if entry is None:
         return "—"
     p = verdict_p(entry["outcome"], entry["p_holm"], entry.get("p_tost_holm"))
-    return f"{entry['outcome']} ({effect} {fmt(entry['ratio'], 3)}, {p})"
+    has_ci = row is not None and row.get("ratio_lo") and row.get("ratio_hi")
+    ci = f" {_interval(row['ratio_lo'], row['ratio_hi'])}" if has_ci else ""
+    return f"{entry['outcome']} ({effect} {fmt(entry['ratio'], 3)}{ci}, {p})"
+
+
+def _significance(reports: Reports, name: str) -> dict[str, dict]:
+    return {r["cell"]: r for r in reports.rows(name, "significance.csv")}
 
 
 def _relevance(reports: Reports, name: str) -> list[str]:
     doc = reports.doc(name)
     meta, ref = doc["meta"], reports.claim(name, "reference")["numbers"]
-    effect = _effect(meta)
-    shown = [f"{cell} ({what}) {_verdict(ref.get(cell), effect)}" for cell, what in NO_RELEVANCE_GATE]
-    return [f"Against {meta['reference']} on `{meta['metric']}` ({meta['scale']} scale): " + "; ".join(shown)
+    effect, rows = _effect(meta), _significance(reports, name)
+    shown = [f"{cell} ({what}) {_verdict(ref.get(cell), effect, rows.get(cell))}" for cell, what in NO_RELEVANCE_GATE]
+    return [f"Against {meta['reference']} on `{meta['metric']}` ({meta['scale']} scale; {UNCORRECTED}): "
+            + "; ".join(shown)
             + f" ({_source(name)}, claim `reference`)."]
 
 
@@ -131,8 +148,9 @@ def _verdicts(reports: Reports, names: list[str]) -> list[str]:
         cells += [c for c in refs[n] if c not in cells]
     head = [f"{_source(n)}: `{d['meta']['metric']}`, {_effect(d['meta'])}" for n, d in docs.items()]
     out = [f"| cell against {ref} | " + " | ".join(head) + " |", "|---|" + "---|" * len(names)]
+    rows = {n: _significance(reports, n) for n in names}
     for cell in cells:
-        out.append(f"| {cell} | " + " | ".join(_verdict(refs[n].get(cell), _effect(docs[n]["meta"]))
+        out.append(f"| {cell} | " + " | ".join(_verdict(refs[n].get(cell), _effect(docs[n]["meta"]), rows[n].get(cell))
                                              for n in names) + " |")
     return out
 
@@ -164,9 +182,10 @@ def _ablation(reports: Reports, main: str, other: str) -> list[str]:
     for c, comp, qi, ti in zip(cells, comps, q, t):
         verdict = judge(comp.effect, qi, ti, scale.ratio, meta["direction"])
         out.append(f"| {c} | {summary(boards[0][c])} | {summary(boards[1][c])} | {verdict} ({effect} "
-                   f"{fmt(comp.effect, 3)}, {verdict_p(verdict, qi, ti)}) |")
+                   f"{fmt(comp.effect, 3)} {_interval(comp.lo, comp.hi)}, {verdict_p(verdict, qi, ti)}) |")
     return out + ["", f"`{meta['metric']}` on the {meta['scale']} scale (centre and 95% interval over the seeds), "
-                      f"Welch's t-test Holm-corrected over the {len(cells)} cells; equivalent = the {effect} inside "
+                      f"Welch's t-test Holm-corrected over the {len(cells)} cells ({UNCORRECTED}); equivalent = "
+                      f"the {effect} inside "
                       f"[{fmt(margin[0])}, {fmt(margin[1])}] by two one-sided tests. From the reports' "
                       f"`leaderboard.csv`."]
 
