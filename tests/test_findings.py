@@ -169,10 +169,7 @@ STUDIES = ("study-mnist1d", "study-adding-T200", "study-copy-T50", "study-ptb-wo
 
 
 def _csv(study: str, table: str) -> list[dict]:
-    import csv
-
-    with open(ROOT / "reports" / study / f"{table}.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return Reports(ROOT / "reports").rows(study, f"{table}.csv")
 
 
 def test_the_cross_task_reading_follows_the_verdicts():

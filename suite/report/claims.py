@@ -14,7 +14,7 @@ import pandas as pd
 
 from .gates import RULE, claims as gate_claims
 from .stats import ALPHA
-from .tables import Analysis, fmt, label, slug
+from .tables import Analysis, fmt, interval, label, slug
 from .verdicts import seeds_text, standing, verdict_p
 
 MAX_PAIRS = 12  # inconclusive pairs named in the summary; the rest are in pairs.csv
@@ -48,7 +48,7 @@ def build_claims(an: Analysis, task_title: str) -> dict:
 def _standing_claim(an: Analysis, title: str, ours: pd.DataFrame, key: str) -> dict:
     st = standing(an)
     row = ours.set_index("cell").loc[st["winner"] or st["leader"]]
-    value = f"{label(an.primary)} {fmt(row[f'{key}_center'])} ({fmt(row[f'{key}_lo'], 3)}–{fmt(row[f'{key}_hi'], 3)})"
+    value = f"{label(an.primary)} {fmt(row[f'{key}_center'])} {interval(row[f'{key}_lo'], row[f'{key}_hi'])}"
     what = {"log": "geometric mean", "logit": "mean on the logit scale", "raw": "mean"}[an.scale.name]
     if st["winner"]:
         text = (f"**{st['winner']} beats every other cell** on {title}: {value}, {what} and 95% interval over "

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .data import original_run_id
 from .scale import scale_for, summarize
-from .tables import (QUALITATIVE, Analysis, diverged_confirmations, failed_confirmations, fmt, label,
+from .tables import (QUALITATIVE, Analysis, diverged_confirmations, failed_confirmations, fmt, interval, label,
                             leaderboard_display, slug)
 
 
@@ -145,7 +145,7 @@ def _display(an: Analysis, raw: pd.DataFrame, base: dict) -> pd.DataFrame:
         ours = r["source"] == "this sweep"
         c, lo, hi = r.get(f"{key}_center"), r.get(f"{key}_lo"), r.get(f"{key}_hi")
         if ours and isinstance(c, float) and math.isfinite(c):
-            centre.append(fmt(c) + (f" ({fmt(lo, 3)}–{fmt(hi, 3)})" if math.isfinite(lo) else ""))
+            centre.append(fmt(c) + (f" {interval(lo, hi)}" if math.isfinite(lo) else ""))
         else:
             centre.append(fmt(r.get(f"{key}_mean")) if not ours else "—")
         seeds_col.append(_seed_list(r.get(f"{key}_seeds")) if ours else "—")

@@ -25,7 +25,7 @@ from pathlib import Path
 from .check import seed_values
 from .scale import compare, scale_for
 from .stats import holm
-from .tables import fmt
+from .tables import fmt, interval
 from .verdicts import judge, verdict_p
 
 DIRECTIVE = re.compile(r"^<!-- (claim|relevance|gates|sweep|verdicts|ablation) ([^>]*?) -->$")
@@ -82,11 +82,6 @@ def _effect(meta: dict) -> str:
     return scale_for(meta["metric"], meta["n_eval"]).effect
 
 
-def _interval(lo: float | str, hi: float | str) -> str:
-    """A 95% interval as the report's verdict table prints it: (1.13–1.18)."""
-    return f"({fmt(float(lo), 3)}–{fmt(float(hi), 3)})"
-
-
 def _verdict(entry: dict | None, effect: str, row: dict | None = None) -> str:
     """'worse (ratio 1.15 (1.13–1.18), Holm p = 0.000374)': the verdict, its effect with Welch's 95% interval
     (from the report's significance.csv row, where given) and the p-value it rests on."""
@@ -94,7 +89,7 @@ def _verdict(entry: dict | None, effect: str, row: dict | None = None) -> str:
         return "—"
     p = verdict_p(entry["outcome"], entry["p_holm"], entry.get("p_tost_holm"))
     has_ci = row is not None and row.get("ratio_lo") and row.get("ratio_hi")
-    ci = f" {_interval(row['ratio_lo'], row['ratio_hi'])}" if has_ci else ""
+    ci = f" {interval(float(row['ratio_lo']), float(row['ratio_hi']))}" if has_ci else ""
     return f"{entry['outcome']} ({effect} {fmt(entry['ratio'], 3)}{ci}, {p})"
 
 
@@ -182,7 +177,7 @@ def _ablation(reports: Reports, main: str, other: str) -> list[str]:
     for c, comp, qi, ti in zip(cells, comps, q, t):
         verdict = judge(comp.effect, qi, ti, scale.ratio, meta["direction"])
         out.append(f"| {c} | {summary(boards[0][c])} | {summary(boards[1][c])} | {verdict} ({effect} "
-                   f"{fmt(comp.effect, 3)} {_interval(comp.lo, comp.hi)}, {verdict_p(verdict, qi, ti)}) |")
+                   f"{fmt(comp.effect, 3)} {interval(comp.lo, comp.hi)}, {verdict_p(verdict, qi, ti)}) |")
     return out + ["", f"`{meta['metric']}` on the {meta['scale']} scale (centre and 95% interval over the seeds), "
                       f"Welch's t-test Holm-corrected over the {len(cells)} cells ({UNCORRECTED}); equivalent = "
                       f"the {effect} inside "

@@ -52,6 +52,11 @@ def fmt(value, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def interval(lo, hi) -> str:
+    """A 95% interval as every report file prints it: '(1.08–1.17)', each end to 3 significant digits."""
+    return f"({fmt(lo, 3)}–{fmt(hi, 3)})"
+
+
 def pm(mean, half) -> str:
     """'mean ± half-width', or the mean alone when there is no interval (n < 2)."""
     if mean is None or not math.isfinite(float(mean)):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .scale import compare, seeds_needed, summarize
 from .stats import ALPHA, holm, two_sample_test, welch_difference
-from .tables import Analysis, Table, fmt, label, pm
+from .tables import Analysis, Table, fmt, interval, label, pm
 
 OUTCOMES = ("better", "worse", "equivalent", "inconclusive", "not testable")
 
@@ -110,7 +110,7 @@ def effect_text(an: Analysis, r) -> str:
     if not math.isfinite(r["ratio"]):
         return "—"
     unit = "×" if an.scale.ratio else ""
-    inner = f" ({fmt(r['ratio_lo'], 3)}–{fmt(r['ratio_hi'], 3)})" if math.isfinite(r["ratio_lo"]) else ""
+    inner = f" {interval(r['ratio_lo'], r['ratio_hi'])}" if math.isfinite(r["ratio_lo"]) else ""
     return f"{fmt(r['ratio'], 3)}{unit}{inner}"
 
 
